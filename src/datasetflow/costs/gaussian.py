@@ -1,0 +1,133 @@
+r"""Bures-Wasserstein distances between Gaussians, batched over all class pairs.
+
+For :math:`\alpha = N(m_1, \Sigma_1)` and :math:`\beta = N(m_2, \Sigma_2)`,
+
+.. math::
+    W_2^2(\alpha, \beta) = \|m_1 - m_2\|^2 + \operatorname{tr}\Sigma_1 + \operatorname{tr}\Sigma_2
+        - 2 \operatorname{tr}\big(\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2}\big)^{1/2}.
+
+With factors :math:`\Sigma_i = F_i^\top F_i` (``F_i`` of shape ``(r_i, d)``) the trace term
+is the nuclear norm :math:`\|F_1 F_2^\top\|_*`, the sum of square roots of the eigenvalues
+of the small ``r_1 x r_2`` product :math:`K K^\top`, ``K = F_1 F_2^\top``. For classes with
+fewer samples than dimensions (images) the centred samples are such a factor, so no
+``d x d`` square root is ever formed. Classes with ``n_c > d`` use ``F = \Sigma^{1/2}``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .linalg import psd_sqrt, safe_sqrt, trace_sqrt_psd
+
+__all__ = ["bures_wasserstein_squared", "covariance_factors", "sqeuclidean"]
+
+
+def sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Pairwise squared Euclidean distances :math:`\|x_i - y_j\|^2`, ``(..., n, d) x (..., m, d) -> (..., n, m)``.
+
+    Computed as :math:`\|x\|^2 + \|y\|^2 - 2 x y^\top` (one matmul) and clipped at 0.
+    """
+    x_sq = (x * x).sum(-1, keepdim=True)
+    y_sq = (y * y).sum(-1, keepdim=True)
+    if x.ndim == 2:
+        return torch.addmm(x_sq + y_sq.mT, x, y.mT, alpha=-2.0).clamp_min(0)
+    return (x_sq + y_sq.mT - 2.0 * (x @ y.mT)).clamp_min(0)
+
+
+def covariance_factors(
+    factors: torch.Tensor | None = None,
+    covariances: torch.Tensor | None = None,
+    ridge: float = 0.0,
+) -> torch.Tensor:
+    r"""Factors ``F`` with :math:`F^\top F = \Sigma + \text{ridge}\, I`, as few rows as possible.
+
+    Args:
+        factors: ``(C, r, d)`` factors (e.g. centred, scaled samples), or None.
+        covariances: ``(C, d, d)`` covariance matrices, used when ``factors`` is None.
+        ridge: non-negative value added to the diagonal of every covariance.
+
+    Returns:
+        ``(C, r', d)`` with ``r' = r`` if the factors are thin (``r <= d``) and there is no
+        ridge, else ``r' = d`` and ``F = (\Sigma + \text{ridge} I)^{1/2}``.
+    """
+    if factors is not None and factors.shape[-2] <= factors.shape[-1] and ridge == 0.0:
+        return factors
+    if covariances is None:
+        if factors is None:
+            raise InvalidArgumentError("covariance_factors needs factors or covariances, got neither.")
+        covariances = factors.mT @ factors
+    if ridge:
+        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+        covariances = covariances + ridge * eye
+    return psd_sqrt(covariances)
+
+
+def _pair_batches(num_pairs: int, rows1: int, rows2: int, budget: int = 1 << 24) -> int:
+    """How many class pairs fit in one batched product without exceeding ``budget`` elements."""
+    per_pair = max(rows1 * rows2, min(rows1, rows2) ** 2, 1)
+    return max(1, min(num_pairs, budget // per_pair))
+
+
+def bures_wasserstein_squared(
+    means1: torch.Tensor,
+    factors1: torch.Tensor | None,
+    means2: torch.Tensor,
+    factors2: torch.Tensor | None,
+    *,
+    variances1: torch.Tensor | None = None,
+    variances2: torch.Tensor | None = None,
+    diagonal: bool = False,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    r"""Squared Bures-Wasserstein distances between all pairs of Gaussians, ``(C1, C2)``.
+
+    Args:
+        means1: ``(C1, d)`` means.
+        factors1: ``(C1, r1, d)`` covariance factors (:math:`\Sigma = F^\top F`); see
+            :func:`covariance_factors`. Ignored when ``diagonal``.
+        means2, factors2: the same for the second family, ``(C2, d)``, ``(C2, r2, d)``.
+        variances1, variances2: ``(C, d)`` diagonals, used when ``diagonal`` is True.
+        diagonal: use only the diagonal of the covariances; then
+            :math:`W_2^2 = \|m_1 - m_2\|^2 + \|\sqrt{v_1} - \sqrt{v_2}\|^2`.
+        symmetric: the two families are the same (``C1 == C2``): only the upper triangle is
+            computed and the diagonal is exactly 0.
+
+    Returns:
+        ``(C1, C2)`` tensor of squared distances, clipped at 0, differentiable with respect to
+        every input (finite gradients for rank-deficient and repeated-eigenvalue covariances).
+    """
+    mean_term = sqeuclidean(means1, means2)
+    if diagonal:
+        if variances1 is None or variances2 is None:
+            raise InvalidArgumentError("diagonal=True needs variances1 and variances2 of shape (C, d).")
+        roots1, roots2 = safe_sqrt(variances1), safe_sqrt(variances2)
+        out = mean_term + sqeuclidean(roots1, roots2)
+        if symmetric:
+            out = out - torch.diag_embed(torch.diagonal(out))
+        return out.clamp_min(0)
+    if factors1 is None or factors2 is None:
+        raise InvalidArgumentError("full-covariance Bures needs factors1 and factors2 of shape (C, r, d).")
+
+    num1, num2 = means1.shape[0], means2.shape[0]
+    trace1 = (factors1 * factors1).sum(dim=(-2, -1))
+    trace2 = (factors2 * factors2).sum(dim=(-2, -1))
+    if symmetric:
+        rows, cols = torch.triu_indices(num1, num2, offset=1, device=means1.device)
+    else:
+        rows = torch.arange(num1, device=means1.device).repeat_interleave(num2)
+        cols = torch.arange(num2, device=means1.device).repeat(num1)
+    r1, r2 = factors1.shape[-2], factors2.shape[-2]
+    step = _pair_batches(rows.numel(), r1, r2)
+    cross_parts = []
+    for start in range(0, rows.numel(), step):
+        i, j = rows[start : start + step], cols[start : start + step]
+        product = factors1[i] @ factors2[j].mT  # (P, r1, r2)
+        gram = product @ product.mT if r1 <= r2 else product.mT @ product
+        cross_parts.append(trace_sqrt_psd(gram))
+    cross = torch.cat(cross_parts) if cross_parts else trace1.new_zeros(0)
+    flat = trace1[rows] + trace2[cols] - 2.0 * cross + mean_term[rows, cols]
+    out = torch.zeros(num1, num2, dtype=flat.dtype, device=flat.device).index_put((rows, cols), flat)
+    if symmetric:
+        out = out + out.mT
+    return out.clamp_min(0)

@@ -1,0 +1,355 @@
+r"""Log-domain Sinkhorn for entropic OT on dense or implicitly defined (chunked) costs.
+
+Solves
+
+.. math::
+    OT_\varepsilon(a, b) = \min_{P \in \Pi(a, b)} \langle P, C\rangle + \varepsilon\,\mathrm{KL}(P \,\|\, a b^\top)
+                        = \max_{f, g} \langle f, a\rangle + \langle g, b\rangle
+                          - \varepsilon \langle e^{(f \oplus g - C)/\varepsilon} - 1, a b^\top\rangle
+
+by alternating the soft-min updates
+
+.. math::
+    f_i = -\varepsilon \log \sum_j b_j e^{(g_j - C_{ij})/\varepsilon}, \qquad
+    g_j = -\varepsilon \log \sum_i a_i e^{(f_i - C_{ij})/\varepsilon},
+
+after an :math:`\varepsilon`-scaling warm start (``eps_scaling``), *until* the marginal
+error is below ``tol`` (annealing alone is not enough: its gradients can be off by tens of
+percent). The fixed-point map :math:`g \mapsto T_b(T_a(g))` is Anderson-accelerated, which
+matters most for nearly identical measures (the end of every flow), where plain Sinkhorn
+stalls. The returned pair has ``f = T_a(g)``, so the row marginals are exact and the
+reported error is :math:`\|P^\top 1 - b\|_1`. Self-transport problems (debiasing) use the
+symmetric averaged update :math:`f \leftarrow \tfrac12 (f + T(f))`.
+
+The *dense* backend materialises ``C`` once; the *chunked* backend recomputes row blocks
+of an implicit cost at every sweep (one pass over ``C`` per iteration, memory
+``O((n + m) \cdot \text{block})``), so ``n = m = 20\,000`` fits in a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from ..costs.ground import CostOperator
+from ..errors import ConvergenceWarning, InvalidArgumentError
+from .envelope import attach_envelope
+from .result import OTResult
+
+__all__ = ["sinkhorn", "check_reg"]
+
+
+def check_reg(reg: float, scale: float, dtype: torch.dtype) -> float:
+    """Validate an entropic regularisation against the cost scale and the float precision."""
+    if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not math.isfinite(reg) or reg <= 0:
+        raise InvalidArgumentError(f"reg must be a positive finite float for entropic OT, got {reg!r}.")
+    finfo = torch.finfo(dtype)
+    if reg < finfo.tiny or reg < abs(scale) * finfo.eps:
+        raise InvalidArgumentError(
+            f"reg={reg!r} underflows: with a cost scale of {scale:.4g}, C/reg exceeds the precision of {dtype} "
+            f"(eps={finfo.eps:.2g}). Use reg >= {abs(scale) * finfo.eps * 10:.3g}, a float64 cost, or method='exact'."
+        )
+    return float(reg)
+
+
+class _Kernel:
+    """Soft-min sweeps over a cost, dense (cached matrix) or chunked (recomputed blocks)."""
+
+    def __init__(self, cost: CostOperator, a: torch.Tensor, b: torch.Tensor, dense: torch.Tensor | None) -> None:
+        self.cost, self.dense = cost, dense
+        self.log_a, self.log_b = a.log(), b.log()
+
+    def _block(self, start: int, stop: int) -> torch.Tensor:
+        return self.cost.block(start, stop)
+
+    def sweep(self, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f = T_a(g)`` then ``g = T_b(f)``; one pass over the cost."""
+        if self.dense is not None:
+            f = -eps * torch.logsumexp((g - self.dense) / eps + self.log_b, dim=1)
+            g_new = -eps * torch.logsumexp((f[:, None] - self.dense) / eps + self.log_a[:, None], dim=0)
+            return f, g_new
+        f_parts, col_lse = [], None
+        for start, stop in self.cost.row_blocks():
+            block = self._block(start, stop)
+            f_block = -eps * torch.logsumexp((g - block) / eps + self.log_b, dim=1)
+            f_parts.append(f_block)
+            part = torch.logsumexp((f_block[:, None] - block) / eps + self.log_a[start:stop, None], dim=0)
+            col_lse = part if col_lse is None else torch.logaddexp(col_lse, part)
+        return torch.cat(f_parts), -eps * col_lse
+
+    def symmetric(self, f: torch.Tensor, eps: float) -> torch.Tensor:
+        """``T(f)_i = -eps log sum_j a_j exp((f_j - C_ij)/eps)`` for a self-transport cost."""
+        if self.dense is not None:
+            return -eps * torch.logsumexp((f - self.dense) / eps + self.log_a, dim=1)
+        parts = [
+            -eps * torch.logsumexp((f - self._block(s, e)) / eps + self.log_a, dim=1) for s, e in self.cost.row_blocks()
+        ]
+        return torch.cat(parts)
+
+    def plan_block(self, start: int, stop: int, block: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float):
+        """Rows ``start:stop`` of ``P = a_i b_j exp((f_i + g_j - C_ij)/eps)``."""
+        return torch.exp((f[start:stop, None] + g[None, :] - block) / eps + self.log_a[start:stop, None] + self.log_b)
+
+    def plan_stats(self, f, g, eps) -> tuple[torch.Tensor | None, torch.Tensor, float]:
+        """The dense plan (or None), ``<P, C>`` and the L1 marginal error of ``P``."""
+        if self.dense is not None:
+            plan = self.plan_block(0, self.dense.shape[0], self.dense, f, g, eps)
+            error = float((plan.sum(1) - self.log_a.exp()).abs().sum() + (plan.sum(0) - self.log_b.exp()).abs().sum())
+            return plan, (plan * self.dense).sum(), error
+        linear, rows, cols = 0.0, [], 0.0
+        for start, stop in self.cost.row_blocks():
+            block = self._block(start, stop)
+            plan = self.plan_block(start, stop, block, f, g, eps)
+            linear = linear + (plan * block).sum()
+            rows.append(plan.sum(1))
+            cols = cols + plan.sum(0)
+        error = float((torch.cat(rows) - self.log_a.exp()).abs().sum() + (cols - self.log_b.exp()).abs().sum())
+        return None, linear, error
+
+
+def _schedule(eps: float, start: float, factor: float | None) -> list[float]:
+    """Geometric epsilon-scaling schedule from ``start`` down to (excluding) ``eps``."""
+    if factor is None or factor >= 1.0 or start <= eps:
+        return []
+    if not 0.0 < factor < 1.0:
+        raise InvalidArgumentError(f"eps_scaling must be in (0, 1) or None, got {factor!r}.")
+    steps = int(math.ceil(math.log(start / eps) / math.log(1.0 / factor)))
+    return [start * factor**k for k in range(steps) if start * factor**k > eps]
+
+
+def _marginal_gap(a: torch.Tensor, f_old: torch.Tensor, f_new: torch.Tensor, eps: float) -> float:
+    """``|| a * exp((f_old - f_new)/eps) - a ||_1``: the marginal error of the plan built on ``f_old``
+    when ``f_new`` is the soft-min update that would make that marginal exact."""
+    with torch.no_grad():
+        return float((a * torch.expm1((f_old - f_new) / eps)).abs().sum())
+
+
+class _Anderson:
+    """Type-II Anderson acceleration of the fixed-point map ``g -> T_b(T_a(g))``.
+
+    Keeps the last ``memory`` outputs and residuals (gauge-centred) and extrapolates with a
+    Tikhonov-regularised least-squares fit; the history is reset when the residual grows,
+    which makes it fall back to plain Sinkhorn.
+    """
+
+    def __init__(self, memory: int = 5) -> None:
+        self.memory = memory
+        self.outputs: list[torch.Tensor] = []
+        self.residuals: list[torch.Tensor] = []
+        self.best = math.inf
+
+    def step(self, g_in: torch.Tensor, g_out: torch.Tensor, error: float) -> torch.Tensor:
+        if self.memory == 0:
+            return g_out
+        if error > 10 * self.best:
+            self.outputs, self.residuals = [], []
+        self.best = min(self.best, error)
+        residual = g_out - g_in
+        self.outputs = (self.outputs + [g_out])[-(self.memory + 1) :]
+        self.residuals = (self.residuals + [residual - residual.mean()])[-(self.memory + 1) :]
+        if len(self.residuals) < 2:
+            return g_out
+        d_res = torch.stack([r1 - r0 for r0, r1 in zip(self.residuals, self.residuals[1:], strict=False)], dim=1)
+        d_out = torch.stack([o1 - o0 for o0, o1 in zip(self.outputs, self.outputs[1:], strict=False)], dim=1)
+        gram = d_res.mT @ d_res
+        ridge = 1e-10 * gram.diagonal().sum() + torch.finfo(gram.dtype).tiny
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        gamma = torch.linalg.solve(gram + ridge * eye, d_res.mT @ self.residuals[-1])
+        candidate = g_out - d_out @ gamma
+        return candidate if bool(torch.isfinite(candidate).all()) else g_out
+
+
+def _solve_pair(kernel: _Kernel, a, b, eps, schedule, max_iter, tol, init, memory):
+    """Alternating Sinkhorn with Anderson acceleration; returns ``(f, g)`` with ``f = T_a(g)``
+    (exact row marginals) and the column-marginal error history."""
+    n, m = kernel.cost.shape
+    g = b.new_zeros(m) if init is None else init[1].detach().clone()
+    for eps_k in schedule:
+        _, g = kernel.sweep(g, eps_k)
+    errors: list[float] = []
+    converged = False
+    n_iter = len(schedule)
+    accelerator = _Anderson(memory)
+    f = a.new_zeros(n)
+    while n_iter < max_iter:
+        f, g_out = kernel.sweep(g, eps)
+        n_iter += 1
+        errors.append(_marginal_gap(b, g, g_out, eps))
+        if errors[-1] < tol:
+            converged = True
+            break
+        g = accelerator.step(g, g_out, errors[-1])
+    return f, g, n_iter, converged, errors
+
+
+def _solve_symmetric(kernel: _Kernel, a, eps, schedule, max_iter, tol):
+    f = a.new_zeros(a.shape[0])
+    for eps_k in schedule:
+        f = 0.5 * (f + kernel.symmetric(f, eps_k))
+    errors: list[float] = []
+    converged = False
+    n_iter = len(schedule)
+    while n_iter < max_iter:
+        f_new = kernel.symmetric(f, eps)
+        n_iter += 1
+        errors.append(_marginal_gap(a, f, f_new, eps))
+        if errors[-1] < tol:
+            converged = True
+            f = f_new
+            break
+        f = 0.5 * (f + f_new)
+    return f, kernel.symmetric(f, eps), n_iter, converged, errors
+
+
+def _entropic_ot(cost, a, b, eps, *, max_iter, tol, eps_scaling, grad, backend, symmetric, init, scale, anderson):
+    """One entropic OT problem; returns the OTResult with envelope/autodiff/detached value."""
+    use_dense = backend == "dense"
+    dense_cost = cost.dense() if use_dense else None
+    autodiff = grad == "autodiff"
+    if autodiff and not use_dense:
+        raise InvalidArgumentError("grad='autodiff' needs backend='dense'.")
+    schedule = _schedule(eps, scale, eps_scaling)
+    with torch.set_grad_enabled(autodiff):
+        a_solve, b_solve = (a, b) if autodiff else (a.detach(), b.detach())
+        kernel = _Kernel(
+            cost, a_solve, b_solve, None if dense_cost is None else (dense_cost if autodiff else dense_cost.detach())
+        )
+        if symmetric:
+            f, g, n_iter, converged, errors = _solve_symmetric(kernel, a_solve, eps, schedule, max_iter, tol)
+        else:
+            f, g, n_iter, converged, errors = _solve_pair(
+                kernel, a_solve, b_solve, eps, schedule, max_iter, tol, init, 0 if autodiff else anderson
+            )
+        dual = (f * a_solve).sum() + (g * b_solve).sum()
+    with torch.no_grad():
+        plan, linear, error = kernel.plan_stats(f.detach(), g.detach(), eps)
+    if autodiff:
+        value = dual
+    elif grad == "detach":
+        value = dual.detach()
+    else:
+        fd, gd = f.detach(), g.detach()
+        value = attach_envelope(
+            dual,
+            cost,
+            a,
+            b,
+            fd,
+            gd,
+            plan=plan,
+            dense_cost=dense_cost,
+            plan_block=None if use_dense else (lambda s, e, blk: kernel.plan_block(s, e, blk, fd, gd, eps)),
+        )
+    if not converged:
+        warnings.warn(
+            f"Sinkhorn stopped at max_iter={max_iter} with marginal error {errors[-1] if errors else float('nan'):.3g} "
+            f"> tol={tol:g} (reg={eps:.4g}, cost scale {scale:.4g}). Increase max_iter or reg, or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    return OTResult(
+        value=value,
+        value_linear=torch.as_tensor(linear).detach(),
+        plan=plan,
+        potentials=(f.detach(), g.detach()),
+        n_iter=n_iter,
+        converged=converged,
+        marginal_error=error,
+        reg=eps,
+        method="sinkhorn",
+        backend=backend,
+        errors=tuple(errors),
+    )
+
+
+def sinkhorn(
+    cost: CostOperator,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    reg: float,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
+    eps_scaling: float | None = 0.5,
+    grad: str = "envelope",
+    backend: str = "dense",
+    debiased: bool = False,
+    potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    anderson: int = 5,
+) -> OTResult:
+    r"""Entropic OT (or the debiased Sinkhorn divergence) by log-domain Sinkhorn.
+
+    Args:
+        cost: a :class:`~datasetflow.costs.ground.CostOperator` of shape ``(n, m)``.
+        a, b: marginals ``(n,)``, ``(m,)`` (positive, summing to the same mass).
+        reg: :math:`\varepsilon > 0`, absolute (same units as the cost).
+        max_iter: maximum number of sweeps (including the epsilon-scaling ones).
+        tol: stop when the L1 row-marginal error is below ``tol``.
+        eps_scaling: factor of the geometric annealing from the cost scale down to ``reg``
+            (None disables it).
+        grad: ``"envelope"`` (default: plan and potentials attached, no backprop through the
+            iterations), ``"autodiff"`` (backprop through the iterations; dense only) or
+            ``"detach"``.
+        backend: ``"dense"`` or ``"chunked"``.
+        debiased: return :math:`S_\varepsilon = OT_\varepsilon(a,b) - \tfrac12 OT_\varepsilon(a,a)
+            - \tfrac12 OT_\varepsilon(b,b)`; the cost must define ``self_costs()``.
+        potentials_init: warm start ``(f, g)`` (only ``g`` is used).
+        anderson: memory of the Anderson acceleration of the Sinkhorn fixed-point map
+            (0 disables it). It typically cuts iterations 3-6x and rescues the slow regime
+            of nearly identical measures at small ``reg``.
+
+    Returns:
+        An :class:`OTResult`.
+    """
+    scale = cost.weighted_mean(a.detach(), b.detach())
+    eps = check_reg(reg, scale, cost.dtype)
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise InvalidArgumentError(f"max_iter must be a positive int, got {max_iter!r}.")
+    if not tol > 0:
+        raise InvalidArgumentError(f"tol must be positive, got {tol!r}.")
+    options = dict(
+        max_iter=max_iter,
+        tol=tol,
+        eps_scaling=eps_scaling,
+        grad=grad,
+        backend=backend,
+        scale=max(scale, eps),
+        anderson=anderson,
+    )
+    symmetric = a is b and cost.is_symmetric()  # the same measure on both sides
+    cross = _entropic_ot(cost, a, b, eps, symmetric=symmetric, init=potentials_init, **options)
+    config = {
+        "reg": eps,
+        "max_iter": max_iter,
+        "tol": tol,
+        "eps_scaling": eps_scaling,
+        "grad": grad,
+        "backend": backend,
+        "debiased": debiased,
+        "anderson": anderson,
+    }
+    if not debiased:
+        return _replace(cross, config=config)
+    if symmetric:  # S(a, a) = 0 exactly: both self terms equal the cross term
+        self_a = self_b = cross
+    else:
+        cost_aa, cost_bb = cost.self_costs()
+        self_a = _entropic_ot(cost_aa, a, a, eps, symmetric=True, init=None, **options)
+        self_b = _entropic_ot(cost_bb, b, b, eps, symmetric=True, init=None, **options)
+    value = cross.value - 0.5 * (self_a.value + self_b.value)
+    return _replace(
+        cross,
+        value=value,
+        self_values=(self_a.value.detach(), self_b.value.detach()),
+        converged=cross.converged and self_a.converged and self_b.converged,
+        n_iter=cross.n_iter + (0 if symmetric else self_a.n_iter + self_b.n_iter),
+        config=config,
+    )
+
+
+def _replace(result: OTResult, **changes) -> OTResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
