@@ -6,7 +6,7 @@ flows) -> (cli, viz, experiments)``.
 
 from . import errors
 from .costs import CostOperator, DenseCost, OTDDCost
-from .data.dataset import ClassStats, LabeledDataset
+from .data import ClassStats, LabeledDataset, load_dataset, load_npz
 from .distances import (
     ExactLabelCost,
     GaussianLabelCost,
@@ -23,6 +23,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LabeledDataset",
     "ClassStats",
+    "load_dataset",
+    "load_npz",
     "CostOperator",
     "DenseCost",
     "OTDDCost",

@@ -263,8 +263,9 @@ class LabeledDataset:
         """Load an ``.npz`` file with keys ``x`` (features) and ``y`` (labels), and
         optionally ``classes`` (names, with ``y`` indexing into them) and ``weights``.
 
-        The file is read with ``allow_pickle=False``. Extra keyword arguments go to the
-        constructor (``dtype``, ``device``, ``name``).
+        The file is read with ``allow_pickle=False``. Keyword arguments go to
+        :func:`datasetflow.data.loaders.load_npz` (``scale``, ``resize``, ``dtype``,
+        ``device``, ``name``); ``uint8`` features are mapped to ``[0, 1]`` by default.
         """
         from .loaders import load_npz
 

@@ -25,7 +25,8 @@ class OTResult:
             (``ot.sinkhorn2``'s value), detached.
         plan: ``(n, m)`` optimal coupling, or None on the chunked backend.
         potentials: dual potentials ``(f, g)`` of shapes ``(n,)``, ``(m,)``.
-        n_iter: iterations performed (network-simplex iterations for exact OT).
+        n_iter: Sinkhorn sweeps performed (epsilon-scaling ones included); 0 for exact OT,
+            whose network simplex does not report an iteration count.
         converged: whether the stopping criterion was met.
         marginal_error: :math:`\|P 1 - a\|_1 + \|P^\top 1 - b\|_1` at the end.
         reg: the entropic regularisation used (None for exact OT).

@@ -1,0 +1,31 @@
+"""Labeled datasets, their class statistics, and loaders for files and built-in datasets.
+
+``load_dataset("mnist-mini")`` works anywhere (the subset ships with the package);
+``load_dataset("mnist")`` reads ``mnist_test.npz`` from the data directory (argument
+``data_dir``, else ``$DATASETFLOW_DATA_DIR``, else ``../shared/data``).
+"""
+
+from .dataset import ClassStats, LabeledDataset
+from .loaders import (
+    DATA_DIR_ENV,
+    BuiltinDataset,
+    describe_builtin_datasets,
+    list_builtin_datasets,
+    load_dataset,
+    load_npz,
+    parse_size,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "LabeledDataset",
+    "ClassStats",
+    "load_npz",
+    "load_dataset",
+    "list_builtin_datasets",
+    "describe_builtin_datasets",
+    "resolve_data_dir",
+    "parse_size",
+    "BuiltinDataset",
+    "DATA_DIR_ENV",
+]
