@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasetflow import ClassStats, GaussianLabelCost, LabeledDataset
-from datasetflow.costs import bures_wasserstein_squared, covariance_factors, psd_sqrt, trace_sqrt_psd
+from datasetflow.costs import bures_wasserstein_squared, covariance_factors, nuclear_norm, psd_sqrt
 
 pytestmark = pytest.mark.fast
 
@@ -103,11 +103,18 @@ def test_symmetric_mode_has_zero_diagonal(gen):
     torch.testing.assert_close(matrix, cross, atol=1e-9, rtol=1e-9)
 
 
-def test_psd_sqrt_and_trace_sqrt(gen):
+def test_psd_sqrt_and_nuclear_norm(gen):
     s = _random_spd(gen, 5)
     root = psd_sqrt(s)
     torch.testing.assert_close(root @ root, s)
-    assert trace_sqrt_psd(s).item() == pytest.approx(torch.linalg.eigvalsh(s).sqrt().sum().item())
+    k = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    expected = torch.linalg.svdvals(k.detach()).sum(-1)
+    torch.testing.assert_close(nuclear_norm(k), expected)
+    torch.testing.assert_close(nuclear_norm(k.mT), expected)
+    assert torch.autograd.gradcheck(nuclear_norm, (k,))
+    assert torch.autograd.gradcheck(nuclear_norm, (k.detach().mT.clone().requires_grad_(),))
+    k32 = k.detach().float()
+    assert nuclear_norm(k32).dtype == torch.float32
 
 
 def test_sqrt_gradient_finite_with_repeated_eigenvalues():

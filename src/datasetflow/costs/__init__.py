@@ -2,7 +2,7 @@
 
 from .gaussian import bures_wasserstein_squared, covariance_factors, sqeuclidean
 from .ground import CostOperator, DenseCost, OTDDCost
-from .linalg import psd_sqrt, trace_sqrt_psd
+from .linalg import nuclear_norm, psd_sqrt
 
 __all__ = [
     "CostOperator",
@@ -12,5 +12,5 @@ __all__ = [
     "covariance_factors",
     "sqeuclidean",
     "psd_sqrt",
-    "trace_sqrt_psd",
+    "nuclear_norm",
 ]

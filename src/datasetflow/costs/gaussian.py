@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidArgumentError
-from .linalg import psd_sqrt, safe_sqrt, trace_sqrt_psd
+from .linalg import nuclear_norm, psd_sqrt, safe_sqrt
 
 __all__ = ["bures_wasserstein_squared", "covariance_factors", "sqeuclidean"]
 
@@ -61,6 +61,10 @@ def covariance_factors(
         eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
         covariances = covariances + ridge * eye
     return psd_sqrt(covariances)
+
+
+#: Largest number of entries of the all-pairs product matrix formed by a single GEMM.
+_ALL_PAIRS_BUDGET = 1 << 26
 
 
 def _pair_batches(num_pairs: int, rows1: int, rows2: int, budget: int = 1 << 24) -> int:
@@ -118,13 +122,18 @@ def bures_wasserstein_squared(
         rows = torch.arange(num1, device=means1.device).repeat_interleave(num2)
         cols = torch.arange(num2, device=means1.device).repeat(num1)
     r1, r2 = factors1.shape[-2], factors2.shape[-2]
+    all_products = None
+    if num1 * r1 * num2 * r2 <= _ALL_PAIRS_BUDGET:
+        # one GEMM gives every class-pair block K_ij = F_i F_j^T at once: (C1, C2, r1, r2)
+        flat1 = factors1.reshape(num1 * r1, -1)
+        flat2 = flat1 if symmetric else factors2.reshape(num2 * r2, -1)
+        all_products = (flat1 @ flat2.mT).reshape(num1, r1, num2, r2).transpose(1, 2)
     step = _pair_batches(rows.numel(), r1, r2)
     cross_parts = []
     for start in range(0, rows.numel(), step):
         i, j = rows[start : start + step], cols[start : start + step]
-        product = factors1[i] @ factors2[j].mT  # (P, r1, r2)
-        gram = product @ product.mT if r1 <= r2 else product.mT @ product
-        cross_parts.append(trace_sqrt_psd(gram))
+        product = all_products[i, j] if all_products is not None else factors1[i] @ factors2[j].mT
+        cross_parts.append(nuclear_norm(product))  # (P,)
     cross = torch.cat(cross_parts) if cross_parts else trace1.new_zeros(0)
     flat = trace1[rows] + trace2[cols] - 2.0 * cross + mean_term[rows, cols]
     out = torch.zeros(num1, num2, dtype=flat.dtype, device=flat.device).index_put((rows, cols), flat)

@@ -73,8 +73,8 @@ class OTDDResult:
             return c if isinstance(c, (int, float, str, bool)) or c is None else str(c)
 
         return {
-            "distance": float(self.distance),
-            "distance_squared": float(self.distance_squared),
+            "distance": float(self.distance.detach()),
+            "distance_squared": float(self.distance_squared.detach()),
             "label_distances": self.label_distances.detach().cpu().double().tolist(),
             "source_classes": [name(c) for c in self.source_classes],
             "target_classes": [name(c) for c in self.target_classes],

@@ -55,58 +55,57 @@ def check_reg(reg: float, scale: float, dtype: torch.dtype) -> float:
 
 
 class _Kernel:
-    """Soft-min sweeps over a cost, dense (cached matrix) or chunked (recomputed blocks)."""
+    """Soft-min sweeps over a cost, dense (cached matrix) or chunked (recomputed blocks).
+
+    Every sweep works on the scaled cost ``C / eps``; the dense backend caches it per ``eps``
+    so that one soft-min is one subtraction plus one ``logsumexp``.
+    """
 
     def __init__(self, cost: CostOperator, a: torch.Tensor, b: torch.Tensor, dense: torch.Tensor | None) -> None:
         self.cost, self.dense = cost, dense
         self.log_a, self.log_b = a.log(), b.log()
+        self._scaled: tuple[float, torch.Tensor] | None = None
 
-    def _block(self, start: int, stop: int) -> torch.Tensor:
-        return self.cost.block(start, stop)
+    def _blocks(self, eps: float):
+        """``(start, stop, C[start:stop] / eps)`` over the row blocks."""
+        if self.dense is not None:
+            if self._scaled is None or self._scaled[0] != eps:
+                self._scaled = (eps, self.dense / eps)
+            return [(0, self.dense.shape[0], self._scaled[1])]
+        return ((s, e, self.cost.block(s, e) / eps) for s, e in self.cost.row_blocks())
 
     def sweep(self, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``f = T_a(g)`` then ``g = T_b(f)``; one pass over the cost."""
-        if self.dense is not None:
-            f = -eps * torch.logsumexp((g - self.dense) / eps + self.log_b, dim=1)
-            g_new = -eps * torch.logsumexp((f[:, None] - self.dense) / eps + self.log_a[:, None], dim=0)
-            return f, g_new
+        shifted_b = g / eps + self.log_b
         f_parts, col_lse = [], None
-        for start, stop in self.cost.row_blocks():
-            block = self._block(start, stop)
-            f_block = -eps * torch.logsumexp((g - block) / eps + self.log_b, dim=1)
+        for start, stop, scaled in self._blocks(eps):
+            f_block = -eps * torch.logsumexp(shifted_b - scaled, dim=1)
             f_parts.append(f_block)
-            part = torch.logsumexp((f_block[:, None] - block) / eps + self.log_a[start:stop, None], dim=0)
+            shifted_a = f_block / eps + self.log_a[start:stop]
+            part = torch.logsumexp(shifted_a[:, None] - scaled, dim=0)
             col_lse = part if col_lse is None else torch.logaddexp(col_lse, part)
         return torch.cat(f_parts), -eps * col_lse
 
     def symmetric(self, f: torch.Tensor, eps: float) -> torch.Tensor:
         """``T(f)_i = -eps log sum_j a_j exp((f_j - C_ij)/eps)`` for a self-transport cost."""
-        if self.dense is not None:
-            return -eps * torch.logsumexp((f - self.dense) / eps + self.log_a, dim=1)
-        parts = [
-            -eps * torch.logsumexp((f - self._block(s, e)) / eps + self.log_a, dim=1) for s, e in self.cost.row_blocks()
-        ]
-        return torch.cat(parts)
+        shifted = f / eps + self.log_a
+        return torch.cat([-eps * torch.logsumexp(shifted - scaled, dim=1) for _, _, scaled in self._blocks(eps)])
 
     def plan_block(self, start: int, stop: int, block: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float):
-        """Rows ``start:stop`` of ``P = a_i b_j exp((f_i + g_j - C_ij)/eps)``."""
+        """Rows ``start:stop`` of ``P = a_i b_j exp((f_i + g_j - C_ij)/eps)`` from a raw cost block."""
         return torch.exp((f[start:stop, None] + g[None, :] - block) / eps + self.log_a[start:stop, None] + self.log_b)
 
     def plan_stats(self, f, g, eps) -> tuple[torch.Tensor | None, torch.Tensor, float]:
         """The dense plan (or None), ``<P, C>`` and the L1 marginal error of ``P``."""
-        if self.dense is not None:
-            plan = self.plan_block(0, self.dense.shape[0], self.dense, f, g, eps)
-            error = float((plan.sum(1) - self.log_a.exp()).abs().sum() + (plan.sum(0) - self.log_b.exp()).abs().sum())
-            return plan, (plan * self.dense).sum(), error
-        linear, rows, cols = 0.0, [], 0.0
-        for start, stop in self.cost.row_blocks():
-            block = self._block(start, stop)
-            plan = self.plan_block(start, stop, block, f, g, eps)
-            linear = linear + (plan * block).sum()
+        shifted_a, shifted_b = f / eps + self.log_a, g / eps + self.log_b
+        linear, rows, cols, plan = 0.0, [], 0.0, None
+        for start, stop, scaled in self._blocks(eps):
+            plan = torch.exp(shifted_a[start:stop, None] + shifted_b - scaled)
+            linear = linear + eps * (plan * scaled).sum()
             rows.append(plan.sum(1))
             cols = cols + plan.sum(0)
         error = float((torch.cat(rows) - self.log_a.exp()).abs().sum() + (cols - self.log_b.exp()).abs().sum())
-        return None, linear, error
+        return (plan if self.dense is not None else None), linear, error
 
 
 def _schedule(eps: float, start: float, factor: float | None) -> list[float]:
@@ -127,7 +126,8 @@ def _marginal_gap(a: torch.Tensor, f_old: torch.Tensor, f_new: torch.Tensor, eps
 
 
 class _Anderson:
-    """Type-II Anderson acceleration of the fixed-point map ``g -> T_b(T_a(g))``.
+    """Type-II Anderson acceleration of a Sinkhorn fixed-point map (``g -> T_b(T_a(g))``, or the
+    averaged symmetric map).
 
     Keeps the last ``memory`` outputs and residuals (gauge-centred) and extrapolates with a
     Tikhonov-regularised least-squares fit; the history is reset when the residual grows,
@@ -184,23 +184,23 @@ def _solve_pair(kernel: _Kernel, a, b, eps, schedule, max_iter, tol, init, memor
     return f, g, n_iter, converged, errors
 
 
-def _solve_symmetric(kernel: _Kernel, a, eps, schedule, max_iter, tol):
-    f = a.new_zeros(a.shape[0])
-    for eps_k in schedule:
+def _solve_symmetric(kernel: _Kernel, a, eps, schedule, max_iter, tol, init, memory):
+    """Averaged fixed-point iteration ``f <- (f + T(f)) / 2`` (Anderson-accelerated); a warm
+    start skips the annealing."""
+    f = a.new_zeros(a.shape[0]) if init is None else init.detach().clone()
+    for eps_k in schedule if init is None else ():
         f = 0.5 * (f + kernel.symmetric(f, eps_k))
     errors: list[float] = []
-    converged = False
-    n_iter = len(schedule)
+    n_iter = len(schedule) if init is None else 0
+    accelerator = _Anderson(memory)
     while n_iter < max_iter:
         f_new = kernel.symmetric(f, eps)
         n_iter += 1
         errors.append(_marginal_gap(a, f, f_new, eps))
-        if errors[-1] < tol:
-            converged = True
-            f = f_new
-            break
-        f = 0.5 * (f + f_new)
-    return f, kernel.symmetric(f, eps), n_iter, converged, errors
+        if errors[-1] < tol:  # (f, T(f)) has exact column marginals and row error errors[-1]
+            return f, f_new, n_iter, True, errors
+        f = accelerator.step(f, 0.5 * (f + f_new), errors[-1])
+    return f, kernel.symmetric(f, eps), n_iter, False, errors
 
 
 def _entropic_ot(cost, a, b, eps, *, max_iter, tol, eps_scaling, grad, backend, symmetric, init, scale, anderson):
@@ -217,7 +217,9 @@ def _entropic_ot(cost, a, b, eps, *, max_iter, tol, eps_scaling, grad, backend, 
             cost, a_solve, b_solve, None if dense_cost is None else (dense_cost if autodiff else dense_cost.detach())
         )
         if symmetric:
-            f, g, n_iter, converged, errors = _solve_symmetric(kernel, a_solve, eps, schedule, max_iter, tol)
+            f, g, n_iter, converged, errors = _solve_symmetric(
+                kernel, a_solve, eps, schedule, max_iter, tol, init, 0 if autodiff else anderson
+            )
         else:
             f, g, n_iter, converged, errors = _solve_pair(
                 kernel, a_solve, b_solve, eps, schedule, max_iter, tol, init, 0 if autodiff else anderson
@@ -336,8 +338,10 @@ def sinkhorn(
         self_a = self_b = cross
     else:
         cost_aa, cost_bb = cost.self_costs()
-        self_a = _entropic_ot(cost_aa, a, a, eps, symmetric=True, init=None, **options)
-        self_b = _entropic_ot(cost_bb, b, b, eps, symmetric=True, init=None, **options)
+        # the cross potentials are a good warm start for the self-transport problems
+        f_ab, g_ab = cross.potentials
+        self_a = _entropic_ot(cost_aa, a, a, eps, symmetric=True, init=f_ab, **options)
+        self_b = _entropic_ot(cost_bb, b, b, eps, symmetric=True, init=g_ab, **options)
     value = cross.value - 0.5 * (self_a.value + self_b.value)
     return _replace(
         cross,
