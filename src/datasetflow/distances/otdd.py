@@ -106,7 +106,7 @@ def otdd(
     tol: float | None = None,
     grad: str = "envelope",
     backend: str = "auto",
-    eps_scaling: float | None = 0.5,
+    eps_scaling: float | str | None = "auto",
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -134,7 +134,8 @@ def otdd(
         max_iter, tol: outer solver limits (defaults of :func:`~datasetflow.solvers.api.solve`).
         grad: ``"envelope"`` (default), ``"autodiff"`` or ``"detach"``.
         backend: ``"auto"``, ``"dense"`` or ``"chunked"`` (Sinkhorn only).
-        eps_scaling: Sinkhorn epsilon-annealing factor, or None.
+        eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
+            only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
 
     Returns:
         :class:`OTDDResult`; ``distance_squared`` is differentiable with respect to

@@ -55,7 +55,7 @@ def solve(
     grad: str = "envelope",
     debiased: bool = False,
     backend: str = "auto",
-    eps_scaling: float | None = 0.5,
+    eps_scaling: float | str | None = "auto",
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
@@ -78,7 +78,8 @@ def solve(
             OT_\varepsilon(b,b)`; needs a cost operator with self-costs.
         backend: ``"auto"`` (dense if the cost fits in 1 GiB, else chunked), ``"dense"`` or
             ``"chunked"`` (Sinkhorn only; memory ``O(n + m)`` per block).
-        eps_scaling: Sinkhorn epsilon-annealing factor, or None.
+        eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
+            only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
         potentials_init: Sinkhorn warm start ``(f, g)``.
 
     Returns:
