@@ -38,8 +38,9 @@ from datasetflow.distances import GaussianLabelCost
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic(gen: torch.Generator, classes: int, per_class: int, dim: int, shift: float = 0.0,
-              dtype: torch.dtype = torch.float32) -> LabeledDataset:
+def synthetic(
+    gen: torch.Generator, classes: int, per_class: int, dim: int, shift: float = 0.0, dtype: torch.dtype = torch.float32
+) -> LabeledDataset:
     """Rank-deficient Gaussian classes: random mean + 30-dim subspace + 0.3 isotropic noise."""
     means = torch.randn(classes, dim, generator=gen)
     basis = torch.randn(classes, 30, dim, generator=gen) / 30**0.5
@@ -94,8 +95,16 @@ def pot_fn(source, target, reg: float, tol: float):
     def run():
         x = source.x.clone().requires_grad_()
         cost = sqeuclidean(x, target.x) + label[source.y][:, target.y]
-        res = ot.solve(cost, source.weights, target.weights, reg=reg, method="sinkhorn_log", tol=tol,
-                       max_iter=1000, grad="envelope")
+        res = ot.solve(
+            cost,
+            source.weights,
+            target.weights,
+            reg=reg,
+            method="sinkhorn_log",
+            tol=tol,
+            max_iter=1000,
+            grad="envelope",
+        )
         res.value.backward()
         return res.value.detach(), x.grad
 
@@ -137,7 +146,7 @@ def chunked_subprocess(n_per_side: int, backend: str, dtype: str) -> dict:
     """Run one large OTDD value + gradient in a fresh process; report time and peak RSS."""
     code = f"""
 import json, resource, time, torch, sys
-sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
 from bench_otdd import synthetic
 from datasetflow import otdd
 gen = torch.Generator().manual_seed(0)
@@ -212,21 +221,24 @@ def main() -> None:
     seconds, (plain_value, plain_grad) = median_time(ours(False), args.repeats)
     libs.append(("datasetflow solve(), OTDDCost (not debiased)", seconds, float(plain_value), float(plain_value), 0.0))
     seconds, (debiased_value, default_grad) = median_time(ours(True), args.repeats)
-    libs.append(("datasetflow solve(), OTDDCost (debiased)", seconds, float(debiased_value), float(debiased_value),
-                 0.0))
+    libs.append(
+        ("datasetflow solve(), OTDDCost (debiased)", seconds, float(debiased_value), float(debiased_value), 0.0)
+    )
     try:
         seconds, (value, grad) = median_time(pot_fn(source, target, reg, 1e-5), args.repeats)
         err = float((grad - plain_grad).norm() / plain_grad.norm())
-        libs.append(("POT ot.solve sinkhorn_log, envelope grad (not debiased)", seconds, float(value),
-                     float(plain_value), err))
+        libs.append(
+            ("POT ot.solve sinkhorn_log, envelope grad (not debiased)", seconds, float(value), float(plain_value), err)
+        )
     except Exception as exc:  # noqa: BLE001 - optional comparison
         libs.append((f"POT failed: {exc}", float("nan"), float("nan"), float("nan"), float("nan")))
     for scaling in (0.5, 0.9):
         try:
             seconds, (value, grad) = median_time(geomloss_fn(source, target, reg, scaling), args.repeats)
             err = float((grad - default_grad).norm() / default_grad.norm())
-            libs.append((f"GeomLoss SamplesLoss debiased, scaling={scaling}", seconds, float(value),
-                         float(debiased_value), err))
+            libs.append(
+                (f"GeomLoss SamplesLoss debiased, scaling={scaling}", seconds, float(value), float(debiased_value), err)
+            )
         except ImportError:
             libs.append(("GeomLoss not installed", float("nan"), float("nan"), float("nan"), float("nan")))
 
@@ -238,8 +250,9 @@ def main() -> None:
         "value_rel_diff": abs(float(default.distance_squared) - float(res64.distance_squared))
         / abs(float(res64.distance_squared)),
         "grad_rel_diff": float((default_grad.double() - grad64).norm() / grad64.norm()),
-        "label_rel_diff": float((default.label_distances.double() - res64.label_distances).abs().max()
-                                / res64.label_distances.abs().max()),
+        "label_rel_diff": float(
+            (default.label_distances.double() - res64.label_distances).abs().max() / res64.label_distances.abs().max()
+        ),
     }
 
     large = []
@@ -267,18 +280,22 @@ def main() -> None:
         "|---:|---|---:|---:|---:|---|",
     ]
     for backend, info in large:
-        large_lines.append(f"| {args.large} | {backend} -> {info['backend']} | {info['seconds']:.1f} | "
-                           f"{info['peak_rss_gb']:.2f} | {info['n_iter']} | {info['converged']} |")
-    precision_line = (f"float32 vs float64 (default settings): OTDD^2 relative difference "
-                      f"{precision['value_rel_diff']:.2e}, gradient {precision['grad_rel_diff']:.2e}, "
-                      f"label distances (max, relative to the largest) {precision['label_rel_diff']:.2e}.")
+        large_lines.append(
+            f"| {args.large} | {backend} -> {info['backend']} | {info['seconds']:.1f} | "
+            f"{info['peak_rss_gb']:.2f} | {info['n_iter']} | {info['converged']} |"
+        )
+    precision_line = (
+        f"float32 vs float64 (default settings): OTDD^2 relative difference "
+        f"{precision['value_rel_diff']:.2e}, gradient {precision['grad_rel_diff']:.2e}, "
+        f"label distances (max, relative to the largest) {precision['label_rel_diff']:.2e}."
+    )
     report = "\n".join(lines + [""] + lib_lines + [""] + ([*large_lines, ""] if large else []) + [precision_line])
     print(report)
     if args.quick:
         return
     header = f"""# Benchmarks
 
-Written by `python benchmarks/bench_otdd.py` on {time.strftime('%Y-%m-%d')}:
+Written by `python benchmarks/bench_otdd.py` on {time.strftime("%Y-%m-%d")}:
 {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}
 ({torch.get_num_threads()} threads), Python {platform.python_version()}. Every time is the median of
 {args.repeats} runs after a warm-up, in one process; ratios are against the floors measured in the same run.

@@ -16,6 +16,20 @@ from .distances import (
     otdd,
 )
 from .errors import DatasetflowError
+from .flows import FlowResult, run_flow
+from .functionals import (
+    Functional,
+    ball_constraint,
+    class_repulsion,
+    collapse,
+    entropy,
+    hyperplane_margin,
+    interaction,
+    norm_potential,
+    otdd_to,
+    potential,
+    quadratic_repulsion,
+)
 from .solvers import OTResult, solve
 
 __version__ = "0.1.0"
@@ -37,6 +51,19 @@ __all__ = [
     "ExactLabelCost",
     "SinkhornLabelCost",
     "DatasetflowError",
+    "run_flow",
+    "FlowResult",
+    "Functional",
+    "otdd_to",
+    "potential",
+    "interaction",
+    "entropy",
+    "norm_potential",
+    "hyperplane_margin",
+    "ball_constraint",
+    "collapse",
+    "class_repulsion",
+    "quadratic_repulsion",
     "errors",
     "__version__",
 ]

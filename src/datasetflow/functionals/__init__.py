@@ -1,0 +1,38 @@
+"""Functionals of labeled datasets that flows minimise; they add and scale."""
+
+from .base import Functional, ScaledFunctional, SumFunctional
+from .energies import (
+    Entropy,
+    Interaction,
+    Potential,
+    ball_constraint,
+    class_repulsion,
+    collapse,
+    entropy,
+    hyperplane_margin,
+    interaction,
+    norm_potential,
+    potential,
+    quadratic_repulsion,
+)
+from .otdd_target import OTDDToTarget, otdd_to
+
+__all__ = [
+    "Functional",
+    "SumFunctional",
+    "ScaledFunctional",
+    "OTDDToTarget",
+    "otdd_to",
+    "Potential",
+    "Interaction",
+    "Entropy",
+    "potential",
+    "interaction",
+    "entropy",
+    "norm_potential",
+    "hyperplane_margin",
+    "ball_constraint",
+    "collapse",
+    "class_repulsion",
+    "quadratic_repulsion",
+]
