@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_section
 
 from datasetflow import LabeledDataset, OTDDCost, otdd, solve
 from datasetflow.costs import sqeuclidean
@@ -293,14 +294,14 @@ def main() -> None:
     print(report)
     if args.quick:
         return
-    header = f"""# Benchmarks
+    header = f"""## OTDD distance (`benchmarks/bench_otdd.py`)
 
 Written by `python benchmarks/bench_otdd.py` on {time.strftime("%Y-%m-%d")}:
 {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}
 ({torch.get_num_threads()} threads), Python {platform.python_version()}. Every time is the median of
 {args.repeats} runs after a warm-up, in one process; ratios are against the floors measured in the same run.
 
-## OTDD value + gradient, 10 classes x 200 points per side, d = 784 (float32)
+### OTDD value + gradient, 10 classes x 200 points per side, d = 784 (float32)
 
 Each class has 200 < 784 samples, so every class covariance is rank-deficient. The floor (issue #2)
 is one {n} x {n} x 784 pairwise squared-distance matrix with its backward pass, `torch.cdist(x, y)**2`;
@@ -311,7 +312,7 @@ most 8x the floor.
 
 """
     body = f"""
-## The same Sinkhorn problem in POT and GeomLoss
+### The same Sinkhorn problem in POT and GeomLoss
 
 Same data, same precomputed label-distance matrix, same `reg`; every row times cost matrix + solve +
 gradient with respect to the source features. Our rows call `solve()` on the implicit `OTDDCost`. POT runs
@@ -322,7 +323,7 @@ value; it anneals epsilon and stops, so its gradient differs from the converged 
 
 """
     large_text = f"""
-## Large problems: {args.large} points per side, d = 784 (float32)
+### Large problems: {args.large} points per side, d = 784 (float32)
 
 Value + gradient with default settings, each in a fresh process. `chunked` recomputes {args.large} x
 {args.large} cost blocks at every sweep (memory O(n + m) per block; time dominated by the
@@ -334,9 +335,8 @@ path here. Peak RSS includes the datasets and the Python process.
     text = header + "\n".join(lines) + "\n" + body + "\n".join(lib_lines) + "\n"
     if large:
         text += large_text + "\n".join(large_lines) + "\n"
-    text += "\n## Precision\n\n" + precision_line + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    text += "\n### Precision\n\n" + precision_line + "\n"
+    write_section(args.output, "bench_otdd", text)
     print(f"\nwrote {args.output}")
 
 

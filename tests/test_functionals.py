@@ -142,3 +142,25 @@ def test_otdd_to_target_is_half_squared_otdd(gen):
     assert value.item() == pytest.approx(0.5 * expected.item())
     with pytest.raises(InvalidArgumentError, match="LabeledDataset"):
         otdd_to(target.x)
+
+
+def test_otdd_to_target_caches_fixed_target_terms(gen):
+    """Later evaluations reuse the target's terms and the first regularisation, with the same value."""
+    from datasetflow import otdd
+
+    state = _state(gen)
+    target = LabeledDataset(torch.randn(10, 3, generator=gen, dtype=torch.float64) + 1, [0, 1] * 5)
+    functional = otdd_to(target, tol=1e-10)
+    first = functional.value(state)
+    reg = functional._cache["reg"]
+    with torch.no_grad():
+        state.x.add_(0.3)
+    cached = functional.value(state)
+    direct = otdd(state.dataset(), target, reg=reg, tol=1e-10).distance_squared
+    assert cached.item() == pytest.approx(0.5 * direct.item(), rel=1e-9)
+    assert first.item() != pytest.approx(cached.item())
+    (grad_cached,) = torch.autograd.grad(cached, state.x)
+    (grad_direct,) = torch.autograd.grad(
+        0.5 * otdd(state.dataset(), target, reg=reg, tol=1e-10).distance_squared, state.x
+    )
+    torch.testing.assert_close(grad_cached, grad_direct, rtol=1e-6, atol=1e-9)

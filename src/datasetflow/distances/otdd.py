@@ -45,6 +45,8 @@ class OTDDResult:
         source_classes, target_classes: the class names, in the order of ``label_distances``.
         ot: the outer :class:`~datasetflow.solvers.result.OTResult` (plan or potentials,
             iterations, convergence, marginal error).
+        self_label_distances: for debiased Sinkhorn, the source-source and target-target
+            label distance matrices used by the self-transport terms.
         config: the settings that produced the result (inner, outer, reg, weights, ...).
     """
 
@@ -54,6 +56,7 @@ class OTDDResult:
     source_classes: tuple[Hashable, ...]
     target_classes: tuple[Hashable, ...]
     ot: OTResult
+    self_label_distances: tuple[torch.Tensor, torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,6 +110,7 @@ def otdd(
     grad: str = "envelope",
     backend: str = "auto",
     eps_scaling: float | str | None = "auto",
+    target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -134,6 +138,10 @@ def otdd(
         max_iter, tol: outer solver limits (defaults of :func:`~datasetflow.solvers.api.solve`).
         grad: ``"envelope"`` (default), ``"autodiff"`` or ``"detach"``.
         backend: ``"auto"``, ``"dense"`` or ``"chunked"`` (Sinkhorn only).
+        target_self: for a debiased Sinkhorn outer problem with an explicit ``reg``, the target's
+            ``(label_distances among its classes, OT_eps(target, target))`` from an earlier call
+            (``result.self_label_distances[1]``, ``result.ot.self_values[1]``): flows towards a
+            fixed target reuse them instead of recomputing them at every step.
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
 
@@ -174,9 +182,15 @@ def otdd(
         else:
             label_matrix = label_cost.pairwise(source, target, source_stats=source_stats, target_stats=target_stats)
         if outer == "sinkhorn" and debiased:
+            if target_self is not None:
+                target_labels = target_self[0]
+            elif same:
+                target_labels = label_matrix
+            else:
+                target_labels = label_cost.pairwise(target, None, source_stats=target_stats)
             self_matrices = (
                 label_matrix if same else label_cost.pairwise(source, None, source_stats=source_stats),
-                label_matrix if same else label_cost.pairwise(target, None, source_stats=target_stats),
+                target_labels,
             )
     cost = OTDDCost(
         source.x,
@@ -189,6 +203,8 @@ def otdd(
         self_label_matrices=self_matrices,
     )
     a, b = source.weights, target.weights
+    if target_self is not None and (outer != "sinkhorn" or not debiased or reg is None):
+        raise InvalidArgumentError("target_self needs outer='sinkhorn', debiased=True and an explicit reg.")
     eps = None
     if outer == "sinkhorn":
         eps = relative_reg(reg, cost.weighted_mean(a, b), relative_reg_fraction)
@@ -204,6 +220,7 @@ def otdd(
         debiased=debiased and outer == "sinkhorn",
         backend=backend,
         eps_scaling=eps_scaling,
+        known_self_values=None if target_self is None else (None, target_self[1]),
     )
     distance_squared = result.value
     if label_matrix is None:
@@ -228,5 +245,6 @@ def otdd(
         source_classes=source.classes,
         target_classes=target.classes,
         ot=result,
+        self_label_distances=self_matrices,
         config=config,
     )

@@ -30,6 +30,11 @@ class OTDDToTarget(Functional):
 
     Under jd-vl dynamics every particle carries its own Gaussian; the label cost then must be
     Gaussian (diagonal when the particles' covariances are diagonal).
+
+    With the default debiased Sinkhorn outer problem, the regularisation is fixed at its value
+    on the first evaluation (relative to the initial cost scale unless ``reg`` is given), and
+    the target's statistics, label distances and self-transport value are computed once and
+    reused: the target does not move.
     """
 
     name = "otdd"
@@ -38,6 +43,7 @@ class OTDDToTarget(Functional):
         if not isinstance(target, LabeledDataset):
             raise InvalidArgumentError(f"target must be a LabeledDataset, got {type(target).__name__}.")
         self.target, self.options = target, options
+        self._cache: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -53,7 +59,30 @@ class OTDDToTarget(Functional):
         target = self.target
         if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
             target = self.target = target.to(device=source.x.device, dtype=source.x.dtype)
-        result = otdd(source, target, source_stats=stats, **options)
+            self._cache.clear()
+        cache = self._cache
+        cacheable = options.get("outer", "sinkhorn") == "sinkhorn" and options.get("debiased", True)
+        if cacheable and "reg" in cache:
+            # the target is fixed: reuse its statistics, its label distances and OT_eps(target, target)
+            options["reg"] = cache["reg"]
+            result = otdd(
+                source,
+                target,
+                source_stats=stats,
+                target_stats=cache.get("stats"),
+                target_self=cache["target_self"],
+                **options,
+            )
+        else:
+            if cacheable and isinstance(options.get("inner", "gaussian"), (str, GaussianLabelCost)):
+                inner = options.get("inner", "gaussian")
+                uses_stats = inner == "gaussian" or isinstance(inner, GaussianLabelCost)
+                cache["stats"] = target.class_stats() if uses_stats else None
+            result = otdd(source, target, source_stats=stats, target_stats=cache.get("stats"), **options)
+            if cacheable and result.self_label_distances is not None:
+                # the regularisation is fixed at its first (relative-default) value for the whole flow
+                cache["reg"] = result.config["reg"]
+                cache["target_self"] = (result.self_label_distances[1].detach(), result.ot.self_values[1])
         return 0.5 * result.distance_squared
 
 

@@ -57,6 +57,7 @@ def solve(
     backend: str = "auto",
     eps_scaling: float | str | None = "auto",
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
 
@@ -81,6 +82,8 @@ def solve(
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
         potentials_init: Sinkhorn warm start ``(f, g)``.
+        known_self_values: with ``debiased``, self-transport values already known (see
+            :func:`~datasetflow.solvers.sinkhorn.sinkhorn`).
 
     Returns:
         :class:`OTResult` with ``value``, ``value_linear``, ``plan``, ``potentials``,
@@ -131,4 +134,5 @@ def solve(
         backend=choose_backend(backend, cost.shape, cost.dtype),
         debiased=debiased,
         potentials_init=potentials_init,
+        known_self_values=known_self_values,
     )

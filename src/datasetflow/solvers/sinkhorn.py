@@ -287,6 +287,7 @@ def sinkhorn(
     debiased: bool = False,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     anderson: int = 5,
+    known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> OTResult:
     r"""Entropic OT (or the debiased Sinkhorn divergence) by log-domain Sinkhorn.
 
@@ -306,6 +307,9 @@ def sinkhorn(
         debiased: return :math:`S_\varepsilon = OT_\varepsilon(a,b) - \tfrac12 OT_\varepsilon(a,a)
             - \tfrac12 OT_\varepsilon(b,b)`; the cost must define ``self_costs()``.
         potentials_init: warm start ``(f, g)`` (only ``g`` is used).
+        known_self_values: ``(OT_eps(a, a), OT_eps(b, b))`` already known (None entries are
+            solved), e.g. a fixed target's self-transport value during a flow; they must have
+            been computed with the same cost and ``reg``.
         anderson: memory of the Anderson acceleration of the Sinkhorn fixed-point map
             (0 disables it). It typically cuts iterations 3-6x and rescues the slow regime
             of nearly identical measures at small ``reg``.
@@ -345,18 +349,25 @@ def sinkhorn(
     if symmetric:  # S(a, a) = 0 exactly: both self terms equal the cross term
         self_a = self_b = cross
     else:
-        cost_aa, cost_bb = cost.self_costs()
+        known = known_self_values or (None, None)
+        costs = cost.self_costs()
         # the cross potentials are a good warm start for the self-transport problems
-        f_ab, g_ab = cross.potentials
-        self_a = _entropic_ot(cost_aa, a, a, eps, symmetric=True, init=f_ab, **options)
-        self_b = _entropic_ot(cost_bb, b, b, eps, symmetric=True, init=g_ab, **options)
-    value = cross.value - 0.5 * (self_a.value + self_b.value)
+        results = [
+            None if known[k] is not None else _entropic_ot(costs[k], w, w, eps, symmetric=True, init=init, **options)
+            for k, (w, init) in enumerate(zip((a, b), cross.potentials, strict=True))
+        ]
+        self_a, self_b = results
+    values = [
+        known_value.to(cross.value) if res is None else res.value
+        for res, known_value in zip((self_a, self_b), known_self_values or (None, None), strict=True)
+    ]
+    solved = [res for res in (self_a, self_b) if res is not None and res is not cross]
     return _replace(
         cross,
-        value=value,
-        self_values=(self_a.value.detach(), self_b.value.detach()),
-        converged=cross.converged and self_a.converged and self_b.converged,
-        n_iter=cross.n_iter + (0 if symmetric else self_a.n_iter + self_b.n_iter),
+        value=cross.value - 0.5 * (values[0] + values[1]),
+        self_values=(values[0].detach(), values[1].detach()),
+        converged=cross.converged and all(res.converged for res in solved),
+        n_iter=cross.n_iter + sum(res.n_iter for res in solved),
         config=config,
     )
 
