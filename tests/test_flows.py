@@ -145,6 +145,18 @@ def test_resume_equals_uninterrupted_run(pair, tmp_path, dynamics):
 
 
 @pytest.mark.fast
+def test_resume_with_default_relative_reg_and_warm_starts(pair, tmp_path):
+    """The functional's memory (fixed reg, target terms, warm-start potentials) is checkpointed."""
+    source, target = pair
+    functional = otdd_to(target)
+    full = run_flow(functional, source, steps=8, step_size=0.2)
+    run_flow(functional, source, steps=3, step_size=0.2, checkpoint_every=1, checkpoint_dir=tmp_path)
+    resumed = run_flow(functional, source, steps=8, step_size=0.2, checkpoint_dir=tmp_path, resume=True)
+    assert torch.equal(resumed.final.x, full.final.x)
+    assert resumed.objective == full.objective
+
+
+@pytest.mark.fast
 def test_same_seed_same_result_and_trajectory_on_disk(pair, tmp_path):
     source, target = pair
     functional = otdd_to(target, reg=1.0) + entropy(0.05)

@@ -111,6 +111,7 @@ def otdd(
     backend: str = "auto",
     eps_scaling: float | str | None = "auto",
     target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
+    potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -142,6 +143,8 @@ def otdd(
             ``(label_distances among its classes, OT_eps(target, target))`` from an earlier call
             (``result.self_label_distances[1]``, ``result.ot.self_values[1]``): flows towards a
             fixed target reuse them instead of recomputing them at every step.
+        potentials_init: warm start ``(f, g)`` of the outer Sinkhorn problem (e.g. the previous
+            step's ``result.potentials`` in a flow).
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
 
@@ -221,6 +224,7 @@ def otdd(
         backend=backend,
         eps_scaling=eps_scaling,
         known_self_values=None if target_self is None else (None, target_self[1]),
+        potentials_init=potentials_init if outer == "sinkhorn" else None,
     )
     distance_squared = result.value
     if label_matrix is None:

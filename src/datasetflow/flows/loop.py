@@ -78,8 +78,11 @@ def _finite(state: FlowState) -> bool:
     return all(bool(torch.isfinite(t).all()) for _, t, _ in state.parameters())
 
 
-def _save_checkpoint(path: Path, state: FlowState, optimizer, scheduler, generator, history: dict) -> None:
+def _save_checkpoint(
+    path: Path, state: FlowState, optimizer, scheduler, generator, history: dict, functional: Functional
+) -> None:
     payload = {
+        "functional": functional.state_dict(),
         "step": state.step,
         "params": {name: t.detach().cpu() for name, t, _ in state.parameters()},
         "y": state.y.cpu(),
@@ -178,6 +181,7 @@ def run_flow(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    functional.reset()
     if resume:
         if not ckpt_path.exists():
             raise InvalidArgumentError(f"resume=True but no checkpoint at {ckpt_path}.")
@@ -191,6 +195,7 @@ def run_flow(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        functional.load_state_dict(saved["functional"])
         history = saved["history"]
     if trajectory_dir is not None:
         Path(trajectory_dir).mkdir(parents=True, exist_ok=True)
@@ -227,6 +232,7 @@ def run_flow(
                 generator,
                 history,
                 ckpt_path,
+                functional,
             )
         if value.requires_grad:
             value.backward()
@@ -250,6 +256,7 @@ def run_flow(
                 generator,
                 history,
                 ckpt_path,
+                functional,
             )
         sched.step()
         labels_before = state.y
@@ -265,7 +272,7 @@ def run_flow(
         info = {"objective": history["objective"][-1], "terms": terms, "step_size": opt.param_groups[0]["lr"]}
         stop = any(bool(cb(state.step, state, info)) for cb in callbacks)
         if checkpoint_every is not None and (state.step % checkpoint_every == 0 or state.step == steps):
-            _save_checkpoint(ckpt_path, state, opt, sched, generator, history)
+            _save_checkpoint(ckpt_path, state, opt, sched, generator, history, functional)
         if stop:
             stopped = "callback"
             break
@@ -280,7 +287,7 @@ def run_flow(
     if record_every is not None:
         record()
     if checkpoint_every is not None and stopped != "steps":
-        _save_checkpoint(ckpt_path, state, opt, sched, generator, history)
+        _save_checkpoint(ckpt_path, state, opt, sched, generator, history, functional)
 
     records = history["records"]
     trajectory = None
@@ -318,14 +325,14 @@ def run_flow(
     )
 
 
-def _diverged(step, reason, state, last_good, opt, sched, generator, history, ckpt_path) -> None:
+def _diverged(step, reason, state, last_good, opt, sched, generator, history, ckpt_path, functional) -> None:
     """Restore the last good parameters, save them if possible, and raise."""
     with torch.no_grad():
         for tensor, good in zip(state.parameters(), last_good, strict=True):
             tensor[1].copy_(good)
     saved = None
     if ckpt_path is not None:
-        _save_checkpoint(ckpt_path, state, opt, sched, generator, history)
+        _save_checkpoint(ckpt_path, state, opt, sched, generator, history, functional)
         saved = str(ckpt_path)
     where = (
         f"; the last good state (step {step}) was saved to {saved}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,19 @@ class Functional(ABC):
     def noise(self) -> float:
         """Temperature of the Langevin noise this functional adds (entropy terms); 0 otherwise."""
         return 0.0
+
+    # Functionals may keep memory between evaluations (warm starts, a fixed target's terms).
+    # The flow loop resets it at the start of a flow and checkpoints it, so that a resumed flow
+    # is bit-identical to an uninterrupted one.
+    def reset(self) -> None:  # noqa: B027 - optional hook, no memory by default
+        """Forget any memory kept between evaluations."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory kept between evaluations (tensors and Python scalars only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore the memory saved by :meth:`state_dict`."""
 
     def terms(self) -> Iterator[tuple[str, float, Functional]]:
         """``(name, weight, leaf)`` for every weighted leaf of this functional."""
@@ -93,6 +106,17 @@ class SumFunctional(Functional):
         for part in self.parts:
             yield from part.terms()
 
+    def reset(self) -> None:  # noqa: D102
+        for part in self.parts:
+            part.reset()
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {str(k): sub for k, part in enumerate(self.parts) if (sub := part.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        for k, part in enumerate(self.parts):
+            part.load_state_dict(state.get(str(k), {}))
+
     def __repr__(self) -> str:
         return " + ".join(repr(p) for p in self.parts)
 
@@ -115,6 +139,15 @@ class ScaledFunctional(Functional):
     def terms(self) -> Iterator[tuple[str, float, Functional]]:  # noqa: D102
         for name, weight, leaf in self.inner.terms():
             yield name, self.weight * weight, leaf
+
+    def reset(self) -> None:  # noqa: D102
+        self.inner.reset()
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.inner.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"{self.weight:g} * {self.inner!r}"

@@ -34,7 +34,9 @@ class OTDDToTarget(Functional):
     With the default debiased Sinkhorn outer problem, the regularisation is fixed at its value
     on the first evaluation (relative to the initial cost scale unless ``reg`` is given), and
     the target's statistics, label distances and self-transport value are computed once and
-    reused: the target does not move.
+    reused: the target does not move. Each evaluation warm-starts Sinkhorn from the previous
+    one's potentials. This memory is reset by :func:`~datasetflow.flows.loop.run_flow` at the
+    start of a flow and saved in its checkpoints.
     """
 
     name = "otdd"
@@ -48,6 +50,21 @@ class OTDDToTarget(Functional):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"otdd_to(target={self.target.name or 'dataset'!r}{', ' + opts if opts else ''})"
+
+    @staticmethod
+    def _target_stats(target: LabeledDataset, options: dict[str, Any]):
+        """The target's class statistics when the label cost uses them (Gaussian), else None."""
+        inner = options.get("inner", "gaussian")
+        return target.class_stats() if inner == "gaussian" or isinstance(inner, GaussianLabelCost) else None
+
+    def reset(self) -> None:  # noqa: D102
+        self._cache = {}
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {k: v for k, v in self._cache.items() if k != "stats"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self._cache = dict(state)
 
     def value(self, state) -> torch.Tensor:  # noqa: D102
         source, stats = state.label_view()
@@ -63,26 +80,31 @@ class OTDDToTarget(Functional):
         cache = self._cache
         cacheable = options.get("outer", "sinkhorn") == "sinkhorn" and options.get("debiased", True)
         if cacheable and "reg" in cache:
-            # the target is fixed: reuse its statistics, its label distances and OT_eps(target, target)
+            # the target is fixed: reuse its statistics, label distances and OT_eps(target, target),
+            # and warm-start Sinkhorn from the previous evaluation's potentials
+            if "stats" not in cache:
+                cache["stats"] = self._target_stats(target, options)
             options["reg"] = cache["reg"]
+            warm = (cache["f"], cache["g"]) if "f" in cache and cache["f"].shape[0] == source.x.shape[0] else None
             result = otdd(
                 source,
                 target,
                 source_stats=stats,
-                target_stats=cache.get("stats"),
-                target_self=cache["target_self"],
+                target_stats=cache["stats"],
+                target_self=(cache["target_labels"], cache["target_value"]),
+                potentials_init=warm,
                 **options,
             )
         else:
-            if cacheable and isinstance(options.get("inner", "gaussian"), (str, GaussianLabelCost)):
-                inner = options.get("inner", "gaussian")
-                uses_stats = inner == "gaussian" or isinstance(inner, GaussianLabelCost)
-                cache["stats"] = target.class_stats() if uses_stats else None
-            result = otdd(source, target, source_stats=stats, target_stats=cache.get("stats"), **options)
+            cache["stats"] = self._target_stats(target, options) if cacheable else None
+            result = otdd(source, target, source_stats=stats, target_stats=cache["stats"], **options)
             if cacheable and result.self_label_distances is not None:
                 # the regularisation is fixed at its first (relative-default) value for the whole flow
                 cache["reg"] = result.config["reg"]
-                cache["target_self"] = (result.self_label_distances[1].detach(), result.ot.self_values[1])
+                cache["target_labels"] = result.self_label_distances[1].detach()
+                cache["target_value"] = result.ot.self_values[1]
+        if cacheable and result.ot.potentials is not None:
+            cache["f"], cache["g"] = result.ot.potentials
         return 0.5 * result.distance_squared
 
 
