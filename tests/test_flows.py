@@ -192,6 +192,7 @@ def test_tolerance_and_callbacks_stop_early(pair):
         ({"schedule": "linear"}, "constant"),
         ({"resume": True}, "checkpoint_dir"),
         ({"dynamics": "jd-vl", "dynamics_options": {"clustering": "spectral"}}, "kmeans"),
+        ({"dynamics_options": {"clustering": "dbscan"}}, r"unknown dynamics_options \['clustering'\].*label_gradient"),
     ],
 )
 def test_bad_arguments(pair, kwargs, match):

@@ -164,3 +164,15 @@ def test_otdd_to_target_caches_fixed_target_terms(gen):
         0.5 * otdd(state.dataset(), target, reg=reg, tol=1e-10).distance_squared, state.x
     )
     torch.testing.assert_close(grad_cached, grad_direct, rtol=1e-6, atol=1e-9)
+
+
+def test_builtin_shape_errors(gen):
+    state = _state(gen)  # 3-d features
+    with pytest.raises(ShapeMismatchError, match="center"):
+        ball_constraint([0.0, 0.0], 1.0).value(state)
+    with pytest.raises(ShapeMismatchError, match="out of range"):
+        collapse([5]).value(state)
+    with pytest.raises(ShapeMismatchError, match="normal"):
+        hyperplane_margin([1.0, 0.0]).value(state)
+    with pytest.raises(ShapeMismatchError, match="matrix"):
+        norm_potential(torch.eye(2)).value(state)

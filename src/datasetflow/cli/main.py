@@ -3,6 +3,8 @@
 Commands::
 
     datasetflow distance SOURCE TARGET [options]   # OTDD between two datasets
+    datasetflow flow SOURCE TARGET --steps N --out DIR [options]   # gradient flow of a dataset
+    datasetflow flow --config FILE.yaml [--out DIR] [options]      # the same, from a YAML file
     datasetflow datasets [--data-dir DIR]          # built-in dataset names and availability
     datasetflow --version
 
@@ -16,16 +18,17 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .common import captured_warnings, describe, jsonable, load_datasets, shape_text, to_float, torch_device_dtype
 
 __all__ = ["main", "build_cli"]
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 _MISSING_CLICK = (
     "datasetflow: the command line needs the 'click' package, which is not installed.\n"
     "Install the CLI extra:  pip install 'datasetflow[cli]'"
@@ -52,70 +55,6 @@ def _load_otdd() -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------- helpers
-def _to_float(value: Any) -> float | None:
-    """A plain float from a 0-d tensor / number (None for None)."""
-    if value is None:
-        return None
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        value = value.item() if value.numel() == 1 else value.tolist()
-    return float(value)
-
-
-def _jsonable(value: Any) -> Any:
-    """Recursively turn tensors, arrays, tuples and non-finite floats into strict JSON values."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().tolist()
-    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
-
-
-def _describe(ds: Any, spec: str) -> dict[str, Any]:
-    return {
-        "spec": spec,
-        "name": ds.name,
-        "n": len(ds),
-        "dim": ds.dim,
-        "feature_shape": list(ds.feature_shape),
-        "num_classes": ds.num_classes,
-    }
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape)
-
-
-def _channels(shape: Sequence[int]) -> int | None:
-    """Channels of an image shape, as read by the loaders (None if not an image)."""
-    if len(shape) == 2:
-        return 1
-    if len(shape) == 3 and shape[-1] <= 4:
-        return shape[-1]
-    if len(shape) == 3 and shape[0] <= 4:
-        return shape[0]
-    return None
-
-
-def _subsample(ds: Any, max_samples: int | None, seed: int) -> Any:
-    """At most ``max_samples`` samples drawn uniformly without replacement (seeded)."""
-    import torch
-
-    if max_samples is None or len(ds) <= max_samples:
-        return ds
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(ds), generator=generator)[:max_samples].sort().values
-    return ds.subset(index.to(ds.x.device))
-
-
 def _label_table(matrix: list[list[float]], rows: Sequence[Any], cols: Sequence[Any]) -> list[str]:
     """A compact table of label distances; for large tables, the closest target per source class."""
     names_r = [str(r) for r in rows]
@@ -144,7 +83,7 @@ def _summary(payload: dict[str, Any]) -> str:
     for role, ds in (("source", src), ("target", tgt)):
         lines.append(
             f"{role}  {(ds['name'] or ds['spec']):<{width}}  n={ds['n']}  d={ds['dim']} "
-            f"({_shape_text(ds['feature_shape'])})  classes={ds['num_classes']}"
+            f"({shape_text(ds['feature_shape'])})  classes={ds['num_classes']}"
         )
     auto_reg = settings.get("outer") == "sinkhorn" and settings.get("reg") is None
     shown = {k: "auto" if k == "reg" and auto_reg else v for k, v in settings.items()}
@@ -185,34 +124,17 @@ def _run_distance(
     """Load both datasets, compute OTDD and return the JSON payload."""
     import inspect
 
-    import torch
-
-    from ..data import load_dataset
-    from ..errors import InvalidArgumentError, ShapeMismatchError
-
-    torch_device = torch.device(device)
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"device={device!r} was asked for, but CUDA is not available; use --device cpu.")
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-
-    start = time.perf_counter()
-    datasets = []
-    for spec in (source, target):
-        ds = load_dataset(spec, data_dir=data_dir, resize=resize, dtype=torch_dtype, device=torch_device)
-        datasets.append(_subsample(ds, max_samples, seed))
-    src, tgt = datasets
-    load_seconds = time.perf_counter() - start
-    if src.dim != tgt.dim:
-        channels = (_channels(src.feature_shape), _channels(tgt.feature_shape))
-        hint = ""
-        if None not in channels and channels[0] == channels[1]:
-            hint = " Resize the images to a common size with --resize HxW (e.g. --resize 28x28)."
-        elif None not in channels:
-            hint = f" The images have {channels[0]} and {channels[1]} channels; resizing cannot match them."
-        raise ShapeMismatchError(
-            f"source {source!r} has d={src.dim} features (shape {src.feature_shape}) but target {target!r} "
-            f"has d={tgt.dim} (shape {tgt.feature_shape}).{hint}"
-        )
+    torch_device, torch_dtype = torch_device_dtype(device, dtype)
+    src, tgt, load_seconds = load_datasets(
+        source,
+        target,
+        data_dir=data_dir,
+        resize=resize,
+        device=torch_device,
+        dtype=torch_dtype,
+        max_samples=max_samples,
+        seed=seed,
+    )
 
     otdd = _load_otdd()
     given = {k: v for k, v in options.items() if v is not None}
@@ -231,12 +153,14 @@ def _run_distance(
     start = time.perf_counter()
     result = otdd(src, tgt, **given)
     if torch_device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(torch_device)
     seconds = time.perf_counter() - start
 
     payload: dict[str, Any] = {}
     if hasattr(result, "to_dict"):
-        payload.update(_jsonable(result.to_dict()))
+        payload.update(jsonable(result.to_dict()))
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     for key in ("inner", "outer", "debiased", "feature_weight", "label_weight"):
         if key in config:  # what the library actually used (e.g. debiased=False for exact OT)
@@ -244,25 +168,25 @@ def _run_distance(
     if not isinstance(payload.get("solver"), dict):
         ot = getattr(result, "ot", None)
         if hasattr(ot, "diagnostics"):
-            payload["solver"] = _jsonable(ot.diagnostics())
+            payload["solver"] = jsonable(ot.diagnostics())
         else:
             keys = ("method", "reg", "n_iter", "converged", "marginal_error")
-            payload["solver"] = {k: _jsonable(getattr(ot, k)) for k in keys if hasattr(ot, k)}
+            payload["solver"] = {k: jsonable(getattr(ot, k)) for k in keys if hasattr(ot, k)}
     payload.update(
         {
-            "distance": _to_float(result.distance),
-            "distance_squared": _to_float(result.distance_squared),
-            "label_distances": _jsonable(result.label_distances),
-            "source_classes": _jsonable(list(result.source_classes)),
-            "target_classes": _jsonable(list(result.target_classes)),
+            "distance": to_float(result.distance),
+            "distance_squared": to_float(result.distance_squared),
+            "label_distances": jsonable(result.label_distances),
+            "source_classes": jsonable(list(result.source_classes)),
+            "target_classes": jsonable(list(result.target_classes)),
             "seconds": seconds,
             "load_seconds": load_seconds,
-            "source": _describe(src, source),
-            "target": _describe(tgt, target),
-            "settings": _jsonable(
+            "source": describe(src, source),
+            "target": describe(tgt, target),
+            "settings": jsonable(
                 {
                     **settings,
-                    "resize": _shape_text(resize) if resize else None,
+                    "resize": shape_text(resize) if resize else None,
                     "max_samples": max_samples,
                     "seed": seed if max_samples is not None else None,
                     "device": str(torch_device),
@@ -282,58 +206,26 @@ def build_cli() -> Any:
     import click
 
     from ..errors import DatasetflowError
-
-    def parse_resize(ctx: Any, param: Any, value: str | None) -> tuple[int, int] | None:
-        if value is None:
-            return None
-        from ..data import parse_size
-
-        try:
-            return parse_size(value, argument="--resize")
-        except DatasetflowError as exc:
-            raise click.BadParameter(str(exc)) from None
-
-    def parse_device(ctx: Any, param: Any, value: str) -> str:
-        import torch
-
-        try:
-            torch.device(value)
-        except (RuntimeError, ValueError):
-            raise click.BadParameter(f"{value!r} is not a torch device (cpu, cuda, cuda:N).") from None
-        return value
+    from . import flow as flow_impl
+    from .options import OneLineCommand, convert_config_value, data_options, explicit_params, label_cost_options
 
     def fail(ctx: Any, exc: BaseException | str) -> None:
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(EXIT_ERROR)
 
+    def out_of_memory(ctx: Any, exc: BaseException, hint: str) -> None:
+        fail(ctx, f"out of memory ({exc or type(exc).__name__}); {hint}")
+
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(_version(), "--version", prog_name="datasetflow", message="%(prog)s %(version)s")
     def cli() -> None:
-        """Optimal-transport dataset distances (OTDD) between labeled datasets."""
+        """Optimal-transport dataset distances (OTDD) and gradient flows of labeled datasets."""
 
+    # ------------------------------------------------------------------ distance
     @cli.command()
     @click.argument("source")
     @click.argument("target")
-    @click.option(
-        "--inner",
-        type=click.Choice(["gaussian", "exact", "sinkhorn"]),
-        default=None,
-        help="Label cost W2^2 between classes: Gaussian (Bures) closed form, exact OT or Sinkhorn "
-        "between class point clouds.  [library default: gaussian]",
-    )
-    @click.option(
-        "--outer",
-        type=click.Choice(["exact", "sinkhorn"]),
-        default=None,
-        help="Outer OT solver over samples.  [library default]",
-    )
-    @click.option(
-        "--reg",
-        type=click.FloatRange(min=0, min_open=True),
-        default=None,
-        help="Entropic regularisation (absolute) for Sinkhorn. Default: the library's default relative to "
-        "the cost scale.",
-    )
+    @label_cost_options(outer_help="Outer OT solver over samples.  [library default]")
     @click.option(
         "--debiased/--no-debiased",
         default=None,
@@ -341,28 +233,8 @@ def build_cli() -> Any:
     )
     @click.option("--feature-weight", type=click.FloatRange(min=0), default=None, help="Weight of ||x-x'||^2.")
     @click.option("--label-weight", type=click.FloatRange(min=0), default=None, help="Weight of W2^2(y, y').")
-    @click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Directory of the full datasets (default: $DATASETFLOW_DATA_DIR, else ../shared/data).",
-    )
-    @click.option(
-        "--resize",
-        callback=parse_resize,
-        default=None,
-        metavar="HxW",
-        help="Resize both datasets' images, e.g. 28x28 (USPS 16x16 next to MNIST).",
-    )
-    @click.option(
-        "--device", default="cpu", show_default=True, callback=parse_device, help="Torch device: cpu, cuda or cuda:N."
-    )
-    @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-    @click.option(
-        "--max-samples",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Use at most this many samples of each dataset, drawn uniformly at random with --seed.",
+    @data_options(
+        max_samples_help="Use at most this many samples of each dataset, drawn uniformly at random with --seed."
     )
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --max-samples.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
@@ -400,8 +272,7 @@ def build_cli() -> Any:
             "feature_weight": feature_weight,
             "label_weight": label_weight,
         }
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with captured_warnings() as messages:
             try:
                 payload = _run_distance(
                     source,
@@ -418,13 +289,8 @@ def build_cli() -> Any:
                 fail(ctx, exc)
                 return
             except (MemoryError, torch.OutOfMemoryError) as exc:
-                fail(ctx, f"out of memory ({exc or type(exc).__name__}); try --max-samples N or --outer sinkhorn.")
+                out_of_memory(ctx, exc, "try --max-samples N or --outer sinkhorn.")
                 return
-        messages = []
-        for w in caught:
-            text = f"{w.category.__name__}: {w.message}"
-            if text not in messages:
-                messages.append(text)
         payload["warnings"] = messages
         for text in messages:
             click.echo(f"Warning: {text}", err=True)
@@ -433,6 +299,154 @@ def build_cli() -> Any:
         else:
             click.echo(_summary(payload))
 
+    # ------------------------------------------------------------------ flow
+    @cli.command(cls=OneLineCommand)
+    @click.argument("source", required=False)
+    @click.argument("target", required=False)
+    @click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        metavar="FILE.yaml",
+        help="Read the flow's settings (and a composed 'functional' list) from a YAML file; options given "
+        "on the command line override it.",
+    )
+    @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Output directory.")
+    @click.option("--steps", type=click.IntRange(min=1), default=None, metavar="N", help="Total number of steps.")
+    @click.option(
+        "--dynamics",
+        type=click.Choice(flow_impl.DYNAMICS_NAMES),
+        default="fd-fl",
+        show_default=True,
+        help="fd-fl: features move, class statistics follow; jd-fl: features and class Gaussians move; "
+        "jd-vl: one Gaussian per particle, re-clustered into labels.",
+    )
+    @click.option(
+        "--optimizer",
+        type=click.Choice(flow_impl.OPTIMIZER_NAMES),
+        default="sgd",
+        show_default=True,
+        help="Step scheme: sgd (forward Euler), momentum or adam.",
+    )
+    @click.option(
+        "--step-size",
+        type=click.FloatRange(min=0, min_open=True),
+        default=0.1,
+        show_default=True,
+        help="Time step tau (the optimizer's learning rate).",
+    )
+    @click.option("--schedule", type=click.Choice(flow_impl.SCHEDULE_NAMES), default="constant", show_default=True)
+    @label_cost_options(outer_help="Outer OT solver of the OTDD to the target.  [library default: sinkhorn]")
+    @click.option(
+        "--label-weight", type=click.FloatRange(min=0), default=None, help="Weight of W2^2(y, y') in the OTDD cost."
+    )
+    @click.option(
+        "--noise",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        metavar="SIGMA",
+        help="Entropy temperature: adds Langevin noise sqrt(2 tau SIGMA) per step.",
+    )
+    @click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of the noise, of k-means and of --max-samples."
+    )
+    @click.option(
+        "--tol", type=click.FloatRange(min=0), default=None, help="Stop when the relative objective change is <= tol."
+    )
+    @click.option(
+        "--checkpoint-every",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="K",
+        help="Save DIR/checkpoint.pt every K steps (and at the end), so that --resume can continue a killed "
+        "run; 0 saves none.  [default: every max(1, steps // 10) steps]",
+    )
+    @click.option(
+        "--resume", is_flag=True, help="Continue from DIR's checkpoint up to --steps total steps (same settings)."
+    )
+    @click.option(
+        "--record-every",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="K",
+        help="Record the particles every K steps to DIR/trajectory/.  [default with figures: max(1, steps // 50)]",
+    )
+    @click.option(
+        "--clustering",
+        type=click.Choice(["kmeans", "dbscan"]),
+        default=None,
+        help="jd-vl: how particles are re-clustered into labels.  [library default: kmeans]",
+    )
+    @click.option(
+        "--recluster-every",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="K",
+        help="jd-vl: steps between re-clusterings.",
+    )
+    @data_options(
+        max_samples_help="Use at most this many samples of each dataset, drawn uniformly at random with --seed."
+    )
+    @click.option(
+        "--figures/--no-figures",
+        default=True,
+        show_default=True,
+        help="Write the objective curve, the flow (scatter + GIF, d <= 3) or an image grid (images).",
+    )
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @click.pass_context
+    def flow(ctx: Any, **params: Any) -> None:
+        """Flow the SOURCE dataset towards TARGET (Wasserstein gradient flow of OTDD^2 / 2).
+
+        SOURCE and TARGET are .npz files or built-in names. Writes DIR/final.npz (x in the source's
+        feature shape, y class indices, classes names), DIR/history.json (objective per step, terms,
+        settings), DIR/checkpoint.pt and figures. With --config, the YAML file gives the same
+        settings (keys as the options, with underscores) and may compose the functional, e.g.
+
+        \b
+          functional:
+            - {type: otdd, inner: gaussian, outer: sinkhorn}
+            - {type: ball, weight: 0.5, center: [0, 0], radius: 1.0}
+            - {type: entropy, sigma: 0.01}
+
+        Term types: otdd, ball, repulsion, quadratic_repulsion, collapse, hyperplane, norm, entropy.
+        """
+        import torch
+
+        where = params["config"] or ""
+        with captured_warnings() as messages:
+            try:
+                config: dict[str, Any] = {}
+                if params["config"]:
+                    valid = {p.name for p in ctx.command.params if p.name not in flow_impl.CLI_ONLY_PARAMS}
+                    config = flow_impl.read_config(params["config"], valid | set(flow_impl.CONFIG_ONLY_KEYS))
+                settings, origin = flow_impl.merge_settings(
+                    params,
+                    explicit_params(ctx),
+                    config,
+                    lambda name, value: convert_config_value(ctx, name, value),
+                    where,
+                )
+                summary = flow_impl.run_flow_command(
+                    settings, origin, where=where, warn=lambda text: click.echo(f"Warning: {text}", err=True)
+                )
+            except DatasetflowError as exc:
+                fail(ctx, exc)
+                return
+            except (MemoryError, torch.OutOfMemoryError) as exc:
+                out_of_memory(ctx, exc, "try --max-samples N, --outer sinkhorn or --dtype float32.")
+                return
+            except KeyboardInterrupt as exc:
+                click.echo(f"Error: {exc or 'interrupted.'}", err=True)
+                ctx.exit(EXIT_INTERRUPTED)
+                return
+        for text in messages:
+            click.echo(f"Warning: {text}", err=True)
+        if not params["quiet"]:
+            click.echo("\n".join(summary["lines"]))
+
+    # ------------------------------------------------------------------ datasets
     @cli.command()
     @click.option(
         "--data-dir",

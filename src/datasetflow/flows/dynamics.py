@@ -14,6 +14,7 @@ r"""Feature-label dynamics of a dataset flow (paper §6.1, Algorithms 1-3).
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -196,4 +197,11 @@ def get_dynamics(dynamics: str | Dynamics, **options) -> Dynamics:
         return dynamics
     if dynamics not in DYNAMICS:
         raise InvalidArgumentError(f"dynamics must be one of {tuple(DYNAMICS)}, got {dynamics!r}.")
-    return DYNAMICS[dynamics](**options)
+    cls = DYNAMICS[dynamics]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown dynamics_options {unknown} for {dynamics!r}; valid options: {valid or 'none'}."
+        )
+    return cls(**options)

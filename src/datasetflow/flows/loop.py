@@ -139,7 +139,8 @@ def run_flow(
         checkpoint_every: save a checkpoint every this many steps to ``checkpoint_dir``.
         checkpoint_dir: directory of ``checkpoint.pt`` (also written when NaN appears).
         resume: continue from ``checkpoint_dir/checkpoint.pt`` up to ``steps``; bit-identical to
-            an uninterrupted run on the CPU under the same seed.
+            an uninterrupted run on the CPU under the same seed. A schedule whose shape depends
+            on the total (``"cosine"``) keeps the total of the run that wrote the checkpoint.
         callbacks: ``callback(step, state, info)`` after every step; returning True stops.
         dynamics_options: options of the named dynamics (e.g. ``{"clustering": "dbscan"}``).
         optimizer_options: extra options of the optimizer (e.g. ``{"momentum": 0.5}``).
@@ -167,6 +168,8 @@ def run_flow(
         raise InvalidArgumentError("checkpoint_every and resume need checkpoint_dir.")
     start_time = time.perf_counter()
     dyn = get_dynamics(dynamics, **(dynamics_options or {}))
+    if hasattr(dyn, "seed") and "seed" not in (dynamics_options or {}):
+        dyn.seed = seed  # e.g. the k-means seed of jd-vl follows the flow's seed
     state = dyn.init(initial)
     params = [t.requires_grad_() for _, t, _ in state.parameters()]
     opt = make_optimizer(optimizer, params, step_size, **(optimizer_options or {}))
@@ -195,7 +198,7 @@ def run_flow(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
-        functional.load_state_dict(saved["functional"])
+        functional.load_state_dict(saved.get("functional", {}))
         history = saved["history"]
     if trajectory_dir is not None:
         Path(trajectory_dir).mkdir(parents=True, exist_ok=True)

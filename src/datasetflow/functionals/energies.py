@@ -153,6 +153,14 @@ def norm_potential(matrix=None, offset=None, *, classes: Sequence[int] | None = 
         a = None if matrix is None else _as_tensor(matrix, x)
         b = None if offset is None else _as_tensor(offset, x)
         z = x
+        if a is not None and a.shape[-2:] != (x.shape[1], x.shape[1]):
+            raise ShapeMismatchError(
+                f"norm_potential matrix has shape {tuple(a.shape)}; expected (d, d) or (C, d, d) with d = {x.shape[1]}."
+            )
+        if b is not None and b.shape[-1] != x.shape[1]:
+            raise ShapeMismatchError(
+                f"norm_potential offset has shape {tuple(b.shape)}; expected (d,) or (C, d) with d = {x.shape[1]}."
+            )
         if a is not None:
             z = torch.einsum("nij,nj->ni", a[y], x) if a.ndim == 3 else x @ a.mT
         if b is not None:
@@ -174,8 +182,13 @@ def hyperplane_margin(normal, bias: float = 0.0) -> Potential:
     def fn(x, y):
         if int(y.max()) > 1:
             raise InvalidArgumentError("hyperplane_margin needs binary labels (two classes).")
+        w = _as_tensor(normal, x)
+        if w.shape != (x.shape[1],):
+            raise ShapeMismatchError(
+                f"hyperplane normal has shape {tuple(w.shape)} but the features are {x.shape[1]}-d."
+            )
         sign = 2.0 * y.to(x.dtype) - 1.0
-        return torch.relu(sign * (x @ _as_tensor(normal, x) - bias))
+        return torch.relu(sign * (x @ w - bias))
 
     return Potential(fn, "hyperplane")
 
@@ -185,14 +198,29 @@ def ball_constraint(center, radius: float) -> Potential:
     :math:`\tau` around :math:`x_0`, pulling outside particles back in."""
     if not radius >= 0:
         raise InvalidArgumentError(f"radius must be non-negative, got {radius!r}.")
-    return Potential(lambda x, y: torch.relu(_safe_norm(x - _as_tensor(center, x)) - radius), "ball")
+
+    def fn(x, y):
+        c = _as_tensor(center, x)
+        if c.shape != (x.shape[1],):
+            raise ShapeMismatchError(f"ball center has shape {tuple(c.shape)} but the features are {x.shape[1]}-d.")
+        return torch.relu(_safe_norm(x - c) - radius)
+
+    return Potential(fn, "ball")
 
 
 def collapse(dims: Sequence[int]) -> Potential:
     r"""Collapse along coordinates: :math:`V = \tfrac12 \sum_{k \in \text{dims}} x_k^2`, minimised
     by flattening the data onto the other coordinates."""
-    index = list(dims)
-    return Potential(lambda x, y: 0.5 * (x[:, index] ** 2).sum(1), "collapse")
+    index = [int(k) for k in dims]
+    if not index:
+        raise InvalidArgumentError("collapse needs at least one dimension, got dims=[].")
+
+    def fn(x, y):
+        if max(index) >= x.shape[1] or min(index) < -x.shape[1]:
+            raise ShapeMismatchError(f"collapse dims {index} are out of range for {x.shape[1]}-d features.")
+        return 0.5 * (x[:, index] ** 2).sum(1)
+
+    return Potential(fn, "collapse")
 
 
 def class_repulsion(scale: float = 1.0) -> Interaction:

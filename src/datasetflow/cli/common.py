@@ -1,0 +1,171 @@
+"""Helpers shared by the CLI commands: JSON conversion, dataset loading, warning capture.
+
+Only the standard library is imported at module level; torch and the library are imported
+inside the functions, so that ``datasetflow --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = [
+    "to_float",
+    "jsonable",
+    "describe",
+    "shape_text",
+    "channels",
+    "subsample",
+    "torch_device_dtype",
+    "load_datasets",
+    "captured_warnings",
+]
+
+
+def to_float(value: Any) -> float | None:
+    """A plain float from a 0-d tensor / number (None for None)."""
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    return float(value)
+
+
+def jsonable(value: Any) -> Any:
+    """Recursively turn tensors, arrays, tuples and non-finite floats into strict JSON values."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().tolist()
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def describe(ds: Any, spec: str) -> dict[str, Any]:
+    """Name, size and shape of a loaded dataset, for JSON outputs."""
+    return {
+        "spec": spec,
+        "name": ds.name,
+        "n": len(ds),
+        "dim": ds.dim,
+        "feature_shape": list(ds.feature_shape),
+        "num_classes": ds.num_classes,
+    }
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(28, 28)`` -> ``"28x28"``."""
+    return "x".join(str(s) for s in shape)
+
+
+def channels(shape: Sequence[int]) -> int | None:
+    """Channels of an image shape, as read by the loaders (None if not an image)."""
+    if len(shape) == 2:
+        return 1
+    if len(shape) == 3 and shape[-1] <= 4:
+        return shape[-1]
+    if len(shape) == 3 and shape[0] <= 4:
+        return shape[0]
+    return None
+
+
+def subsample(ds: Any, max_samples: int | None, seed: int) -> Any:
+    """At most ``max_samples`` samples drawn uniformly without replacement (seeded)."""
+    import torch
+
+    if max_samples is None or len(ds) <= max_samples:
+        return ds
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(ds), generator=generator)[:max_samples].sort().values
+    return ds.subset(index.to(ds.x.device))
+
+
+def torch_device_dtype(device: str, dtype: str) -> tuple[Any, Any]:
+    """``(torch.device, torch.dtype)`` from the ``--device`` and ``--dtype`` strings.
+
+    Raises:
+        InvalidArgumentError: CUDA asked for but not available.
+    """
+    import torch
+
+    from ..errors import InvalidArgumentError
+
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device={device!r} was asked for, but CUDA is not available; use --device cpu.")
+    return torch_device, {"float32": torch.float32, "float64": torch.float64}[dtype]
+
+
+def load_datasets(
+    source: str,
+    target: str | None,
+    *,
+    data_dir: str | None,
+    resize: tuple[int, int] | None,
+    device: Any,
+    dtype: Any,
+    max_samples: int | None,
+    seed: int,
+) -> tuple[Any, Any, float]:
+    """Load SOURCE (and TARGET, unless None), subsample them, and check that their dimensions agree.
+
+    Returns:
+        ``(source, target or None, seconds spent loading)``.
+
+    Raises:
+        ShapeMismatchError: different feature dimensions (with a ``--resize`` hint for images).
+        DatasetflowError: whatever the loaders raise (unknown name, missing file, ...).
+    """
+    from ..data import load_dataset
+    from ..errors import ShapeMismatchError
+
+    start = time.perf_counter()
+    loaded = []
+    for spec in (source, target):
+        if spec is None:
+            loaded.append(None)
+            continue
+        ds = load_dataset(spec, data_dir=data_dir, resize=resize, dtype=dtype, device=device)
+        loaded.append(subsample(ds, max_samples, seed))
+    src, tgt = loaded
+    seconds = time.perf_counter() - start
+    if tgt is not None and src.dim != tgt.dim:
+        chans = (channels(src.feature_shape), channels(tgt.feature_shape))
+        hint = ""
+        if None not in chans and chans[0] == chans[1]:
+            hint = " Resize the images to a common size with --resize HxW (e.g. --resize 28x28)."
+        elif None not in chans:
+            hint = f" The images have {chans[0]} and {chans[1]} channels; resizing cannot match them."
+        raise ShapeMismatchError(
+            f"source {source!r} has d={src.dim} features (shape {src.feature_shape}) but target {target!r} "
+            f"has d={tgt.dim} (shape {tgt.feature_shape}).{hint}"
+        )
+    return src, tgt, seconds
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Record every warning raised inside the block; yields a list filled, deduplicated, on exit
+    with ``"Category: message"`` strings."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield messages
+        finally:
+            for w in caught:
+                text = f"{w.category.__name__}: {w.message}"
+                if text not in messages:
+                    messages.append(text)
