@@ -236,3 +236,14 @@ def test_nan_mid_flow_stops_and_saves_last_good_state(pair, tmp_path):
     saved = torch.load(info.value.checkpoint, weights_only=True)
     assert saved["step"] == step
     assert np.isfinite(saved["params"]["x"].numpy()).all()
+
+
+@pytest.mark.fast
+def test_reclustering_keeps_label_ids():
+    from datasetflow.flows.dynamics import _match_previous
+
+    previous = np.array([0, 0, 1, 1, 2, 2])
+    swapped = np.array([2, 2, 0, 0, 1, 1])  # same partition, other ids
+    assert _match_previous(swapped, previous).tolist() == previous.tolist()
+    merged = np.array([0, 0, 0, 0, 1, 1])  # classes 0 and 1 merged
+    assert _match_previous(merged, previous).tolist() == [0, 0, 0, 0, 1, 1]

@@ -182,8 +182,28 @@ class JointVariableLabel(Dynamics):
                 dist = ((points[~core, None, :] - points[None, core, :]) ** 2).sum(-1)
                 labels[~core] = labels[core][dist.argmin(1)]
         _, codes = np.unique(labels, return_inverse=True)
-        state.y = torch.as_tensor(codes, dtype=torch.long, device=state.x.device)
-        state.classes = tuple(range(int(codes.max()) + 1))
+        codes = _match_previous(codes, state.y.cpu().numpy())
+        new_y = torch.as_tensor(codes, dtype=torch.long, device=state.x.device)
+        if not torch.equal(new_y, state.y):
+            state.y = new_y
+            state.classes = tuple(range(int(codes.max()) + 1))
+
+
+def _match_previous(codes: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Renumber clusters so that each keeps the id of the previous label it overlaps most
+    (Hungarian assignment on the overlap counts); clusters left unmatched get fresh ids."""
+    from scipy.optimize import linear_sum_assignment
+
+    num_new, num_old = int(codes.max()) + 1, int(previous.max()) + 1
+    overlap = np.zeros((num_new, num_old), dtype=np.int64)
+    np.add.at(overlap, (codes, previous), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    mapping = np.full(num_new, -1, dtype=np.int64)
+    mapping[rows] = cols
+    unmatched = np.flatnonzero(mapping < 0)
+    mapping[unmatched] = num_old + np.arange(unmatched.size)
+    used = np.unique(mapping[codes])  # keep ids contiguous: 0..K-1
+    return np.searchsorted(used, mapping[codes])
 
 
 DYNAMICS = {"fd-fl": FeatureDriven, "jd-fl": JointFixedLabel, "jd-vl": JointVariableLabel}

@@ -265,7 +265,7 @@ def run_flow(
         labels_before = state.y
         dyn.after_step(state, step)
         state.step = step + 1
-        if state.y is not labels_before:
+        if not torch.equal(state.y, labels_before):
             history["label_history"].append((state.step, state.y.clone()))
         history["objective"].append(float(value.detach()))
         for key, term in terms.items():
