@@ -210,7 +210,7 @@ def otdd(
         raise InvalidArgumentError("target_self needs outer='sinkhorn', debiased=True and an explicit reg.")
     eps = None
     if outer == "sinkhorn":
-        eps = relative_reg(reg, cost.weighted_mean(a, b), relative_reg_fraction)
+        eps = reg if reg is not None else relative_reg(None, cost.weighted_mean(a, b), relative_reg_fraction)
     result = solve(
         cost,
         a,

@@ -219,24 +219,17 @@ def run_flow(
         record()
     noise = functional.noise()
     stopped = "steps"
+
+    def diverged(reason: str) -> None:
+        _diverged(step, reason, state, last_good, opt, sched, generator, history, ckpt_path, functional)
+
     while state.step < steps:
         step = state.step
         last_good = [t.detach().clone() for t in params]
         opt.zero_grad(set_to_none=True)
         value, terms = _evaluate(functional, state)
         if not bool(torch.isfinite(value.detach())):
-            _diverged(
-                step,
-                f"the objective is {float(value.detach())}",
-                state,
-                last_good,
-                opt,
-                sched,
-                generator,
-                history,
-                ckpt_path,
-                functional,
-            )
+            diverged(f"the objective is {float(value.detach())}")
         if value.requires_grad:
             value.backward()
         _wasserstein_gradients(state)
@@ -249,18 +242,7 @@ def run_flow(
                     * torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
                 )
         if not _finite(state):
-            _diverged(
-                step,
-                "a parameter became NaN/Inf after the update",
-                state,
-                last_good,
-                opt,
-                sched,
-                generator,
-                history,
-                ckpt_path,
-                functional,
-            )
+            diverged("a parameter became NaN/Inf after the update")
         sched.step()
         labels_before = state.y
         dyn.after_step(state, step)
