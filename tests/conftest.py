@@ -40,3 +40,16 @@ def gaussian_classes(
 def small_pair(gen):
     """Two small float64 labeled datasets with different class counts."""
     return gaussian_classes(gen, num_classes=3, per_class=10), gaussian_classes(gen, num_classes=2, per_class=14)
+
+
+def invoke_cli(*args):
+    """Run the ``datasetflow`` click CLI in-process on ``args`` (stringified), stderr kept apart."""
+    from click.testing import CliRunner
+
+    from datasetflow.cli.main import build_cli
+
+    try:  # click < 8.2 mixes stderr into stdout unless told not to
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)

@@ -14,24 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-click_testing = pytest.importorskip("click.testing")
+pytest.importorskip("click.testing")
 
 import datasetflow.cli.main as cli_main  # noqa: E402
+from conftest import invoke_cli  # noqa: E402
 from datasetflow.data import DATA_DIR_ENV, list_builtin_datasets  # noqa: E402
 from datasetflow.errors import DatasetflowWarning  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _runner():
-    try:  # click < 8.2 mixes stderr into stdout unless told not to
-        return click_testing.CliRunner(mix_stderr=False)
-    except TypeError:
-        return click_testing.CliRunner()
-
-
-def invoke(*args: str):
-    return _runner().invoke(cli_main.build_cli(), list(args), catch_exceptions=False)
+invoke = invoke_cli
 
 
 @pytest.fixture(autouse=True)
