@@ -105,9 +105,9 @@ def test_dimension_mismatch_is_a_one_line_error_with_exit_2():
 
 @pytest.mark.fast
 def test_unknown_builtin_name():
-    result = invoke("distance", "kmnist", "mnist-mini")
+    result = invoke("distance", "svhn", "mnist-mini")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: unknown dataset 'kmnist'")
+    assert result.stderr.startswith("Error: unknown dataset 'svhn'")
     for name in list_builtin_datasets():
         assert name in result.stderr
 
@@ -228,3 +228,39 @@ def test_module_entry_point_runs_for_real():
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["distance"] > 0 and len(out["label_distances"]) == 10
+
+
+# ---------------------------------------------------------------------- --method wow
+@pytest.mark.fast
+def test_wow_distance_json_and_summary():
+    result = invoke("distance", "usps-mini", "mnist-mini", "--resize", "28x28", "--method", "wow", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["method"] == "wow" and out["ground"] == "exact"
+    assert math.isclose(out["distance"] ** 2, out["distance_squared"], rel_tol=1e-5)
+    coupling = np.asarray(out["coupling"])
+    assert coupling.shape == (10, 10) and np.allclose(coupling.sum(1), 0.1, atol=1e-6)
+    assert out["matching"] == [str(k) for k in range(10)]  # USPS digits match MNIST digits
+    text = invoke(
+        "distance",
+        "usps-mini",
+        "mnist-mini",
+        "--resize",
+        "28x28",
+        "--method",
+        "wow",
+        "--ground",
+        "sliced",
+        "--projections",
+        "50",
+    )
+    assert text.exit_code == 0, text.stderr
+    assert "WoW distance" in text.stdout and "class matching" in text.stdout and "ground=sliced" in text.stdout
+
+
+@pytest.mark.fast
+def test_wow_rejects_otdd_options_and_vice_versa():
+    result = invoke("distance", "usps-mini", "usps-mini", "--method", "wow", "--inner", "exact")
+    assert result.exit_code == 2 and "--inner apply to --method otdd only" in result.stderr
+    result = invoke("distance", "usps-mini", "usps-mini", "--ground", "bures")
+    assert result.exit_code == 2 and "--method wow only" in result.stderr

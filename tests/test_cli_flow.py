@@ -335,3 +335,86 @@ def test_help_states_the_checkpoint_default():
     result = invoke("flow", "--help")
     assert result.exit_code == 0
     assert "--checkpoint-every" in result.stdout and "max(1, steps // 10)" in result.stdout
+
+
+# ---------------------------------------------------------------------- MMD-SW (WoW) objective
+@pytest.mark.fast
+@pytest.mark.parametrize("kernel", ["riesz", "gaussian"])
+def test_mmd_sw_objective(blobs, tmp_path, kernel):
+    source, target = blobs
+    out = tmp_path / "wow"
+    args = ["--objective", "mmd-sw", "--kernel", kernel, "--projections", "50", "--optimizer", "momentum"]
+    if kernel == "gaussian":
+        args += ["--bandwidth", "2.0"]
+    result = invoke("flow", source, target, "--steps", "15", "--out", out, "--step-size", "0.05", "--no-figures", *args)
+    assert result.exit_code == 0, result.stderr
+    history = json.loads((out / "history.json").read_text())
+    term = {"type": "mmd_sw", "weight": 1.0, "seed": 0, "kernel": kernel, "n_projections": 50}
+    if kernel == "gaussian":
+        term["bandwidth"] = 2.0
+    assert history["settings"]["functional"] == [term]
+    assert list(history["terms"]) == ["mmd_sw"]
+    assert history["objective"][-1] < history["objective"][0]
+    assert "mmd_sw_to(" in result.stdout
+
+
+@pytest.mark.fast
+def test_mmd_sw_term_in_a_config_and_otdd_options_are_flagged(blobs, tmp_path):
+    path = _config(
+        tmp_path,
+        blobs,
+        functional=[{"type": "mmd_sw", "kernel": "imq", "n_projections": 20}, {"type": "otdd", "outer": "exact"}],
+    )
+    out = tmp_path / "o"
+    result = invoke("flow", "--config", path, "--out", out, "--no-figures", "--projections", "30")
+    assert result.exit_code == 0, result.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert history["settings"]["functional"][0]["n_projections"] == 30  # the command line wins
+    assert set(history["terms"]) == {"mmd_sw", "otdd"}
+    source, target = blobs
+    ignored = invoke(
+        "flow",
+        source,
+        target,
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--objective",
+        "mmd-sw",
+        "--inner",
+        "exact",
+        "--no-figures",
+    )
+    assert ignored.exit_code == 0 and "--inner ignored" in ignored.stderr
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--kernel", "cosine"], ["--kernel", "'riesz'", "'gaussian'"]),
+        (["--bandwidth", "0"], ["--bandwidth", "x>0"]),
+        (["--projections", "0"], ["--projections"]),
+        (["--kernel", "riesz", "--bandwidth", "1"], ["no bandwidth"]),
+    ],
+)
+def test_mmd_sw_bad_options(blobs, tmp_path, args, fragments):
+    source, target = blobs
+    line = _one_line_error(
+        invoke(
+            "flow",
+            source,
+            target,
+            "--steps",
+            "2",
+            "--out",
+            tmp_path / "o",
+            "--objective",
+            "mmd-sw",
+            "--no-figures",
+            *args,
+        )
+    )
+    for fragment in fragments:
+        assert fragment in line, line

@@ -30,7 +30,7 @@ from datasetflow.errors import (
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EMBEDDED = ("mnist-mini", "fashion-mnist-mini", "usps-mini")
-FULL = ("mnist", "fashion-mnist", "usps", "cifar10")
+FULL = ("mnist", "fashion-mnist", "kmnist", "emnist", "usps", "cifar10")
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 
@@ -265,7 +265,7 @@ def test_embedded_usps_resized_to_mnist_size():
 @pytest.mark.fast
 def test_unknown_name_and_split():
     with pytest.raises(InvalidArgumentError) as info:
-        load_dataset("kmnist")
+        load_dataset("svhn")
     for name in list_builtin_datasets():
         assert name in str(info.value)
     with pytest.raises(InvalidArgumentError, match=r"\['test', 'train'\]"):

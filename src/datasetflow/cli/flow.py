@@ -48,6 +48,7 @@ TERM_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "hyperplane": (("normal",), ("bias",)),
     "norm": ((), ("matrix", "offset", "classes")),
     "entropy": (("sigma",), ()),
+    "mmd_sw": ((), ("kernel", "bandwidth", "exponent", "n_projections", "resample", "target_batch", "seed")),
 }
 
 #: Config keys that have no command-line option.
@@ -56,6 +57,15 @@ CONFIG_ONLY_KEYS = ("dynamics_options", "optimizer_options", "functional")
 CLI_ONLY_PARAMS = ("config", "resume", "quiet")
 #: Top-level settings that configure the default functional (OTDD to the target + entropy).
 _OTDD_SETTINGS = ("inner", "outer", "reg", "label_weight")
+#: Top-level settings of the MMD-SW objective (``--objective mmd-sw``) -> the term's key.
+_MMD_SETTINGS = {
+    "kernel": "kernel",
+    "bandwidth": "bandwidth",
+    "projections": "n_projections",
+    "target_batch": "target_batch",
+}
+#: Term types that need a target dataset.
+_TARGET_TERMS = ("otdd", "mmd_sw")
 _JD_VL_SETTINGS = ("clustering", "recluster_every")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = (
@@ -72,6 +82,7 @@ _RESUME_KEYS = (
     "schedule",
     "seed",
     "functional",
+    "objective",
 )
 SETTINGS_FILE = "settings.json"
 TRAJECTORY_DIR = "trajectory"
@@ -246,9 +257,20 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
     """
     notes: list[str] = []
     prefix = f"{where}: " if where else ""
+    mmd_options = {key: settings[k] for k, key in _MMD_SETTINGS.items() if settings.get(k) is not None}
+    objective = settings.get("objective") or "otdd"
     if settings["functional"] is None:
-        otdd_options = {k: settings[k] for k in _OTDD_SETTINGS if settings[k] is not None}
-        terms = [{"type": "otdd", "weight": 1.0, **otdd_options}]
+        if objective == "mmd-sw":
+            given = [k for k in _OTDD_SETTINGS if origin.get(k) in ("cli", "config")]
+            if given:
+                notes.append(", ".join("--" + k.replace("_", "-") for k in given) + " ignored: --objective mmd-sw.")
+            terms = [{"type": "mmd_sw", "weight": 1.0, "seed": int(settings["seed"]), **mmd_options}]
+        else:
+            given = [k for k in _MMD_SETTINGS if origin.get(k) in ("cli", "config")]
+            if given:
+                notes.append(", ".join("--" + k.replace("_", "-") for k in given) + " ignored: --objective otdd.")
+            otdd_options = {k: settings[k] for k in _OTDD_SETTINGS if settings[k] is not None}
+            terms = [{"type": "otdd", "weight": 1.0, **otdd_options}]
         if settings["noise"]:
             terms.append({"type": "entropy", "weight": 1.0, "sigma": float(settings["noise"])})
         return terms, notes
@@ -267,6 +289,15 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
             notes.append(f"{options} ignored: the functional has no otdd term.")
         for term in otdd_terms:
             term.update(overrides)
+    mmd_overrides = {_MMD_SETTINGS[k]: settings[k] for k in _MMD_SETTINGS if origin.get(k) == "cli"}
+    if mmd_overrides:
+        mmd_terms = [t for t in terms if t["type"] == "mmd_sw"]
+        if not mmd_terms:
+            notes.append(
+                "--kernel/--bandwidth/--projections/--target-batch ignored: the functional has no mmd_sw term."
+            )
+        for term in mmd_terms:
+            term.update(mmd_overrides)
     if origin.get("noise") == "cli":
         terms = [t for t in terms if t["type"] != "entropy"]
         if settings["noise"]:
@@ -346,6 +377,10 @@ def build_functional(terms: list[dict[str, Any]], source: Any, target: Any, wher
                     for k in (picked if isinstance(picked, list) else [picked])
                 ]
             part = fn.norm_potential(matrix, offset, classes=picked)
+        elif kind == "mmd_sw":
+            if target is None:
+                raise _error(f"{at}: an mmd_sw term needs a target dataset (TARGET, or 'target' in the config).")
+            part = fn.mmd_sw_to(target, **options)
         else:  # entropy
             part = fn.entropy(options["sigma"])
         parts.append(part if term["weight"] == 1.0 else term["weight"] * part)
@@ -583,9 +618,12 @@ def run_flow_command(
     terms, notes = resolve_terms(settings, origin, where)
     for note in notes:
         warn(note)
-    needs_target = any(t["type"] == "otdd" for t in terms)
+    needs_target = any(t["type"] in _TARGET_TERMS for t in terms)
     if needs_target and target_spec is None:
-        raise _error("no TARGET dataset: the functional's otdd term needs one (TARGET, or 'target' in the config).")
+        kinds = sorted({t["type"] for t in terms if t["type"] in _TARGET_TERMS})
+        raise _error(
+            f"no TARGET dataset: the functional's {'/'.join(kinds)} term needs one (TARGET, or 'target' in the config)."
+        )
     dynamics_options = _dynamics_options(settings, origin, where)
     checkpoint_every = settings["checkpoint_every"]
     if checkpoint_every is None:
@@ -620,6 +658,10 @@ def run_flow_command(
         max_samples=settings["max_samples"],
         seed=settings["seed"],
     )
+    if any(t["type"] == "mmd_sw" for t in terms):
+        # the class-mixture (WoW) view: every class weighs the same, samples are uniform inside a class
+        source = source.with_class_weights("uniform")
+        target = target.with_class_weights("uniform")
     functional = build_functional(terms, source, target, where)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -692,6 +734,7 @@ def run_flow_command(
         f"({shape_text(source.feature_shape)}), classes={source.num_classes}){tgt_text}",
         f"settings  dynamics={settings['dynamics']}  optimizer={settings['optimizer']}  "
         f"step_size={settings['step_size']:g}  schedule={settings['schedule']}  steps={steps}  seed={settings['seed']}",
+        f"functional {functional!r}",
         f"objective {first} -> {last}  ({result.steps} steps, stopped: {result.stopped}{resumed})",
         f"time      {result.seconds:.3f} s (flow), {load_seconds:.3f} s (loading)",
         f"wrote     {out}{os.sep}  {', '.join(written)}",

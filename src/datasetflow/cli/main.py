@@ -90,8 +90,9 @@ def _summary(payload: dict[str, Any]) -> str:
     shown = {k: v for k, v in shown.items() if v is not None}
     lines.append("settings  " + "  ".join(f"{k}={v}" for k, v in shown.items()))
     lines.append("")
-    lines.append(f"OTDD distance          {payload['distance']:.6g}")
-    lines.append(f"OTDD squared distance  {payload['distance_squared']:.6g}")
+    label = "WoW" if payload.get("method") == "wow" else "OTDD"
+    lines.append(f"{label} distance{' ' * (10 - len(label))}{payload['distance']:.6g}")
+    lines.append(f"{label} squared distance{' ' * (2 - len(label) + 4)}{payload['distance_squared']:.6g}")
     if ot:
         parts = [f"method={ot.get('method')}"]
         if ot.get("reg") is not None:
@@ -106,6 +107,12 @@ def _summary(payload: dict[str, Any]) -> str:
     lines.append(f"time      {payload['seconds']:.3f} s (distance), {payload['load_seconds']:.3f} s (loading)")
     lines.append("")
     lines += _label_table(payload["label_distances"], payload["source_classes"], payload["target_classes"])
+    if payload.get("matching") is not None:
+        lines.append("")
+        lines.append(
+            "class matching (WoW coupling): "
+            + ", ".join(f"{s} -> {t}" for s, t in zip(payload["source_classes"], payload["matching"], strict=True))
+        )
     return "\n".join(lines)
 
 
@@ -120,8 +127,10 @@ def _run_distance(
     dtype: str,
     max_samples: int | None,
     seed: int,
+    method: str = "otdd",
+    wow_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load both datasets, compute OTDD and return the JSON payload."""
+    """Load both datasets, compute OTDD (or the WoW distance) and return the JSON payload."""
     import inspect
 
     torch_device, torch_dtype = torch_device_dtype(device, dtype)
@@ -136,42 +145,46 @@ def _run_distance(
         seed=seed,
     )
 
-    otdd = _load_otdd()
-    given = {k: v for k, v in options.items() if v is not None}
-    settings: dict[str, Any] = {}
-    try:
-        parameters = inspect.signature(otdd).parameters
-        settings = {
-            k: parameters[k].default
-            for k in options
-            if k in parameters and parameters[k].default is not inspect.Parameter.empty
-        }
-    except (TypeError, ValueError):
-        pass
-    settings.update(given)
+    if method == "wow":
+        payload, settings, seconds = _run_wow(src, tgt, options, wow_options or {}, seed, torch_device)
+        result = _WoWView(payload)
+    else:
+        otdd = _load_otdd()
+        given = {k: v for k, v in options.items() if v is not None}
+        settings: dict[str, Any] = {}
+        try:
+            parameters = inspect.signature(otdd).parameters
+            settings = {
+                k: parameters[k].default
+                for k in options
+                if k in parameters and parameters[k].default is not inspect.Parameter.empty
+            }
+        except (TypeError, ValueError):
+            pass
+        settings.update(given)
 
-    start = time.perf_counter()
-    result = otdd(src, tgt, **given)
-    if torch_device.type == "cuda":
-        import torch
+        start = time.perf_counter()
+        result = otdd(src, tgt, **given)
+        if torch_device.type == "cuda":
+            import torch
 
-        torch.cuda.synchronize(torch_device)
-    seconds = time.perf_counter() - start
+            torch.cuda.synchronize(torch_device)
+        seconds = time.perf_counter() - start
 
-    payload: dict[str, Any] = {}
-    if hasattr(result, "to_dict"):
-        payload.update(jsonable(result.to_dict()))
-    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-    for key in ("inner", "outer", "debiased", "feature_weight", "label_weight"):
-        if key in config:  # what the library actually used (e.g. debiased=False for exact OT)
-            settings[key] = config[key]
-    if not isinstance(payload.get("solver"), dict):
-        ot = getattr(result, "ot", None)
-        if hasattr(ot, "diagnostics"):
-            payload["solver"] = jsonable(ot.diagnostics())
-        else:
-            keys = ("method", "reg", "n_iter", "converged", "marginal_error")
-            payload["solver"] = {k: jsonable(getattr(ot, k)) for k in keys if hasattr(ot, k)}
+        payload: dict[str, Any] = {}
+        if hasattr(result, "to_dict"):
+            payload.update(jsonable(result.to_dict()))
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        for key in ("inner", "outer", "debiased", "feature_weight", "label_weight"):
+            if key in config:  # what the library actually used (e.g. debiased=False for exact OT)
+                settings[key] = config[key]
+        if not isinstance(payload.get("solver"), dict):
+            ot = getattr(result, "ot", None)
+            if hasattr(ot, "diagnostics"):
+                payload["solver"] = jsonable(ot.diagnostics())
+            else:
+                keys = ("method", "reg", "n_iter", "converged", "marginal_error")
+                payload["solver"] = {k: jsonable(getattr(ot, k)) for k in keys if hasattr(ot, k)}
     payload.update(
         {
             "distance": to_float(result.distance),
@@ -193,10 +206,47 @@ def _run_distance(
                     "dtype": dtype,
                 }
             ),
+            "method": method,
             "version": _version(),
         }
     )
     return payload
+
+
+class _WoWView:
+    """The fields of a WoW payload under the names the OTDD payload uses."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.distance, self.distance_squared = payload["distance"], payload["distance_squared"]
+        self.label_distances = payload["class_costs"]
+        self.source_classes, self.target_classes = payload["source_classes"], payload["target_classes"]
+
+
+def _run_wow(src: Any, tgt: Any, options: dict[str, Any], wow_options: dict[str, Any], seed: int, device: Any):
+    """The WoW distance between two loaded datasets: ``(payload, settings, seconds)``."""
+    from ..distances import wow
+    from ..errors import InvalidArgumentError
+
+    otdd_only = [k for k, v in options.items() if v is not None]
+    if otdd_only:
+        names = ", ".join("--" + k.replace("_", "-") for k in otdd_only)
+        raise InvalidArgumentError(
+            f"{names} apply to --method otdd only; --method wow takes --ground and --projections."
+        )
+    settings = {"ground": wow_options.get("ground") or "exact"}
+    kwargs: dict[str, Any] = {"ground": settings["ground"], "seed": seed}
+    if wow_options.get("n_projections") is not None:
+        kwargs["n_projections"] = settings["n_projections"] = wow_options["n_projections"]
+    start = time.perf_counter()
+    result = wow(src, tgt, **kwargs)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    payload = jsonable(result.to_dict())
+    payload["label_distances"] = payload["class_costs"]
+    return payload, settings, seconds
 
 
 # ---------------------------------------------------------------------- the click app
@@ -236,7 +286,28 @@ def build_cli() -> Any:
     @data_options(
         max_samples_help="Use at most this many samples of each dataset, drawn uniformly at random with --seed."
     )
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --max-samples.")
+    @click.option(
+        "--method",
+        type=click.Choice(["otdd", "wow"]),
+        default="otdd",
+        show_default=True,
+        help="otdd: OT over samples with the label-augmented cost; wow: Wasserstein over Wasserstein, an exact "
+        "OT between the classes seen as distributions, with the class matching it implies.",
+    )
+    @click.option(
+        "--ground",
+        type=click.Choice(["exact", "bures", "sliced"]),
+        default=None,
+        help="--method wow: the class-to-class W2^2 (exact OT, Gaussian closed form or sliced).  [default: exact]",
+    )
+    @click.option(
+        "--projections",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="L",
+        help="--ground sliced: number of directions.  [default: 500]",
+    )
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --max-samples (and of directions).")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
     @click.pass_context
     def distance(
@@ -254,13 +325,17 @@ def build_cli() -> Any:
         device: str,
         dtype: str,
         max_samples: int | None,
+        method: str,
+        ground: str | None,
+        projections: int | None,
         seed: int,
         as_json: bool,
     ) -> None:
-        """OTDD between SOURCE and TARGET (.npz files or built-in names, see `datasetflow datasets`).
+        """OTDD (or --method wow) between SOURCE and TARGET (.npz files or built-in names, see
+        `datasetflow datasets`).
 
         Prints the distance, its square (the optimal transport cost), the outer solver's
-        diagnostics and the class-to-class label distances.
+        diagnostics and the class-to-class label distances (with --method wow, the class matching).
         """
         import torch
 
@@ -274,6 +349,8 @@ def build_cli() -> Any:
         }
         with captured_warnings() as messages:
             try:
+                if method != "wow" and (ground is not None or projections is not None):
+                    raise DatasetflowError("--ground and --projections apply to --method wow only.")
                 payload = _run_distance(
                     source,
                     target,
@@ -284,6 +361,8 @@ def build_cli() -> Any:
                     dtype=dtype,
                     max_samples=max_samples,
                     seed=seed,
+                    method=method,
+                    wow_options={"ground": ground, "n_projections": projections},
                 )
             except DatasetflowError as exc:
                 fail(ctx, exc)
@@ -339,6 +418,42 @@ def build_cli() -> Any:
     @label_cost_options(outer_help="Outer OT solver of the OTDD to the target.  [library default: sinkhorn]")
     @click.option(
         "--label-weight", type=click.FloatRange(min=0), default=None, help="Weight of W2^2(y, y') in the OTDD cost."
+    )
+    @click.option(
+        "--objective",
+        type=click.Choice(["otdd", "mmd-sw"]),
+        default="otdd",
+        show_default=True,
+        help="otdd: OTDD^2/2 to TARGET (Wasserstein flow); mmd-sw: MMD^2/2 with a sliced-Wasserstein kernel "
+        "between the classes (WoW flow; classes weigh the same).",
+    )
+    @click.option(
+        "--kernel",
+        type=click.Choice(["riesz", "gaussian", "riesz-r", "laplace", "imq"]),
+        default=None,
+        help="mmd-sw: kernel between classes: riesz -SW2, gaussian exp(-SW2^2/2h), riesz-r -SW2^r, laplace "
+        "exp(-SW1/h), imq (h+SW2^2)^-1/2.  [default: riesz]",
+    )
+    @click.option(
+        "--bandwidth",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="H",
+        help="mmd-sw: kernel bandwidth h (gaussian, laplace, imq).  [default: median heuristic]",
+    )
+    @click.option(
+        "--projections",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="L",
+        help="mmd-sw: number of directions, drawn afresh every step.  [default: 500]",
+    )
+    @click.option(
+        "--target-batch",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="M",
+        help="mmd-sw: draw at most M target points per class at every step.  [default: all]",
     )
     @click.option(
         "--noise",
@@ -397,7 +512,8 @@ def build_cli() -> Any:
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
     @click.pass_context
     def flow(ctx: Any, **params: Any) -> None:
-        """Flow the SOURCE dataset towards TARGET (Wasserstein gradient flow of OTDD^2 / 2).
+        """Flow the SOURCE dataset towards TARGET (Wasserstein gradient flow of OTDD^2 / 2, or with
+        --objective mmd-sw the WoW gradient flow of MMD^2 / 2 with a sliced-Wasserstein kernel).
 
         SOURCE and TARGET are .npz files or built-in names. Writes DIR/final.npz (x in the source's
         feature shape, y class indices, classes names), DIR/history.json (objective per step, terms,
@@ -410,7 +526,7 @@ def build_cli() -> Any:
             - {type: ball, weight: 0.5, center: [0, 0], radius: 1.0}
             - {type: entropy, sigma: 0.01}
 
-        Term types: otdd, ball, repulsion, quadratic_repulsion, collapse, hyperplane, norm, entropy.
+        Term types: otdd, mmd_sw, ball, repulsion, quadratic_repulsion, collapse, hyperplane, norm, entropy.
         """
         import torch
 

@@ -347,6 +347,41 @@ class LabeledDataset:
         out.y = self.y.to(device=device)
         return out
 
+    def with_class_weights(self, class_weights: Any = "uniform") -> LabeledDataset:
+        r"""A copy whose sample weights are :math:`w_i = p_{y_i} / n_{y_i}`: uniform inside each class,
+        with class masses :math:`p_c`.
+
+        Args:
+            class_weights: ``"uniform"`` (:math:`p_c = 1/C`), ``"proportional"`` (:math:`p_c = n_c / n`)
+                or a ``(C,)`` array of non-negative masses (normalised to sum 1), in the order of
+                :attr:`classes`.
+
+        This is the weighting of the class-mixture (WoW) view of a dataset, where each class is
+        the uniform cloud of its samples.
+        """
+        counts = self.class_counts().to(self.weights.dtype)
+        if isinstance(class_weights, str):
+            if class_weights not in ("uniform", "proportional"):
+                raise InvalidArgumentError(
+                    f"class_weights must be 'uniform', 'proportional' or a ({self.num_classes},) array, "
+                    f"got {class_weights!r}."
+                )
+            masses = torch.ones_like(counts) if class_weights == "uniform" else counts.clone()
+        else:
+            masses = torch.as_tensor(np.asarray(class_weights) if not isinstance(class_weights, torch.Tensor)
+                                     else class_weights).to(self.weights).reshape(-1)
+            if masses.shape[0] != self.num_classes:
+                raise ShapeMismatchError(
+                    f"class_weights has shape {tuple(masses.shape)} but the dataset has {self.num_classes} classes."
+                )
+            if not bool(torch.isfinite(masses).all()) or bool((masses < 0).any()) or float(masses.sum()) <= 0:
+                raise InvalidArgumentError("class_weights must be finite and non-negative with a positive sum.")
+        masses = masses / masses.sum()
+        out = object.__new__(LabeledDataset)
+        out.__dict__.update(self.__dict__)
+        out.weights = (masses / counts)[self.y]
+        return out
+
     def scaled(self, factor: float) -> LabeledDataset:
         """A copy with features multiplied by ``factor`` (e.g. ``1/255`` for ``uint8`` pixels)."""
         return self.with_features(self.x * factor)

@@ -15,6 +15,7 @@ from .energies import (
     potential,
     quadratic_repulsion,
 )
+from .mmd_sw import MMDSWToTarget, mmd_sw_to
 from .otdd_target import OTDDToTarget, otdd_to
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "ScaledFunctional",
     "OTDDToTarget",
     "otdd_to",
+    "MMDSWToTarget",
+    "mmd_sw_to",
     "Potential",
     "Interaction",
     "Entropy",

@@ -1,0 +1,391 @@
+r"""Exact sliced Wasserstein distances, between point clouds and between all class pairs.
+
+For probability measures :math:`\mu, \nu` on :math:`\mathbb{R}^d` and unit directions
+:math:`\theta_1, \dots, \theta_L`,
+
+.. math:: \mathrm{SW}_p^p(\mu, \nu) = \frac1L \sum_{l=1}^L W_p^p(\theta_l{}_\#\mu, \theta_l{}_\#\nu),
+
+and every 1-D :math:`W_p^p` is computed *exactly* from the quantile functions,
+:math:`W_p^p = \int_0^1 |F^{-1}(t) - G^{-1}(t)|^p\,dt`. For empirical measures both quantile
+functions are step functions, so the integral is a finite sum over the merged quantile levels
+(the union of the two sets of cumulative weights): sizes and weights may differ.
+
+The class-pair version (:func:`class_sliced_wasserstein`) treats each class of a labeled
+dataset as a uniform cloud :math:`\mu_c = \frac{1}{n_c}\sum_{i \in c} \delta_{x_i}`. All
+classes are projected with one matrix product, sorted per class, and expanded onto one common
+grid of quantile levels (which depends on the class sizes only, not on the directions), so that
+for ``p = 2`` every :math:`\mathrm{SW}_2^2(\mu_c, \nu_{c'})` comes out of one Gram matrix:
+
+.. math:: \mathrm{SW}_2^2(\mu_c, \nu_{c'}) = \frac1L \sum_{k,l} \Delta t_k
+          \big(Q_c[k,l] - Q'_{c'}[k,l]\big)^2,
+
+where :math:`Q_c[k, l]` is the quantile of :math:`\theta_l{}_\#\mu_c` at level :math:`t_k`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.dataset import LabeledDataset
+from ..errors import EmptyDatasetError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+
+__all__ = [
+    "sliced_wasserstein",
+    "class_sliced_wasserstein",
+    "draw_directions",
+    "check_projections",
+    "SortedClasses",
+    "sort_classes",
+    "pairwise_sliced",
+    "DEFAULT_PROJECTIONS",
+]
+
+#: Number of directions used when neither ``projections`` nor ``n_projections`` is given (paper: 500).
+DEFAULT_PROJECTIONS = 500
+
+
+def draw_directions(
+    n_projections: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    r"""``(L, d)`` directions drawn uniformly on the unit sphere :math:`S^{d-1}` (normalised Gaussians).
+
+    Args:
+        n_projections: the number of directions ``L >= 1``.
+        dim: the dimension ``d``.
+        generator: a seeded ``torch.Generator`` (on ``device``) for reproducible draws.
+    """
+    if isinstance(n_projections, bool) or not isinstance(n_projections, (int, np.integer)) or n_projections < 1:
+        raise InvalidArgumentError(f"n_projections must be a positive int (L >= 1), got {n_projections!r}.")
+    if generator is not None and device is None:
+        device = generator.device
+    theta = torch.randn(int(n_projections), dim, generator=generator, dtype=dtype, device=device)
+    return theta / theta.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+
+
+def check_projections(projections: Any, dim: int, *, like: torch.Tensor) -> torch.Tensor:
+    """Validate explicit directions: a finite ``(L, d)`` tensor with ``L >= 1``, cast like ``like``.
+
+    The rows are used as given (not renormalised), as in POT's ``projections`` argument (which
+    takes the transpose, ``(d, L)``).
+    """
+    theta = torch.as_tensor(projections)
+    if theta.ndim != 2 or theta.shape[1] != dim:
+        raise ShapeMismatchError(
+            f"projections must have shape (L, d) = (L, {dim}) to match the data's dimension d = {dim}, "
+            f"got {tuple(theta.shape)}."
+        )
+    if theta.shape[0] == 0:
+        raise InvalidArgumentError("projections holds no direction (L = 0); give L >= 1 rows.")
+    if not bool(torch.isfinite(theta).all()):
+        raise NonFiniteError("projections holds NaN or Inf.")
+    return theta.to(device=like.device, dtype=like.dtype)
+
+
+def _directions(
+    projections: Any,
+    n_projections: int | None,
+    dim: int,
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+    seed: int | None,
+) -> torch.Tensor:
+    if projections is not None:
+        if n_projections is not None and n_projections != torch.as_tensor(projections).shape[0]:
+            raise InvalidArgumentError(
+                f"n_projections={n_projections} disagrees with the {torch.as_tensor(projections).shape[0]} rows of "
+                "projections; give one of them."
+            )
+        return check_projections(projections, dim, like=like)
+    if generator is None:
+        generator = torch.Generator(device=like.device).manual_seed(0 if seed is None else int(seed))
+    count = DEFAULT_PROJECTIONS if n_projections is None else n_projections
+    return draw_directions(count, dim, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _check_p(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 1:
+        raise InvalidArgumentError(f"p must be a number >= 1, got {p!r}.")
+    return float(p)
+
+
+def _as_cloud(name: str, values: Any) -> torch.Tensor:
+    x = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ShapeMismatchError(f"{name} must have shape (n, d), got {tuple(x.shape)}.")
+    if x.shape[0] == 0:
+        raise EmptyDatasetError(f"{name} holds no points (shape {tuple(x.shape)}).")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise NonFiniteError(f"{name} holds NaN or Inf.")
+    return x
+
+
+def _as_weights(name: str, weights: Any, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights).to(device=like.device, dtype=like.dtype).reshape(-1)
+    if w.shape[0] != n:
+        raise ShapeMismatchError(f"{name} has shape {tuple(w.shape)} but its cloud has {n} points.")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise InvalidArgumentError(f"{name} must be finite and non-negative with a positive sum.")
+    return w / w.sum()
+
+
+def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, p: float):
+    """``(L,)`` exact :math:`W_p^p` between the rows of ``u`` ``(L, n)`` and ``v`` ``(L, m)``."""
+    if a is None and b is None and u.shape[1] == v.shape[1]:
+        return (u.sort(dim=1).values - v.sort(dim=1).values).abs().pow(p).mean(dim=1)
+    num_l, n = u.shape
+    m = v.shape[1]
+    if a is None:
+        a = u.new_full((n,), 1.0 / n)
+    if b is None:
+        b = v.new_full((m,), 1.0 / m)
+    u_sorted, u_order = u.sort(dim=1)
+    v_sorted, v_order = v.sort(dim=1)
+    cum_a = a[u_order].cumsum(dim=1)
+    cum_b = b[v_order].cumsum(dim=1)
+    levels = torch.cat([cum_a, cum_b], dim=1).sort(dim=1).values
+    steps = torch.diff(levels, dim=1, prepend=levels.new_zeros(num_l, 1)).clamp_min(0)
+    # the quantile at level t is the first sorted point whose cumulative weight reaches t
+    idx_u = torch.searchsorted(cum_a.detach().contiguous(), levels.detach().contiguous()).clamp_max(n - 1)
+    idx_v = torch.searchsorted(cum_b.detach().contiguous(), levels.detach().contiguous()).clamp_max(m - 1)
+    diff = u_sorted.gather(1, idx_u) - v_sorted.gather(1, idx_v)
+    return (steps * diff.abs().pow(p)).sum(dim=1)
+
+
+def sliced_wasserstein(
+    x: Any,
+    y: Any,
+    *,
+    projections: Any = None,
+    n_projections: int | None = None,
+    p: float = 2,
+    x_weights: Any = None,
+    y_weights: Any = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    r"""Exact sliced Wasserstein :math:`\mathrm{SW}_p^p(\mu, \nu)` between two point clouds.
+
+    .. math:: \mathrm{SW}_p^p = \frac1L \sum_{l} \int_0^1 |F_{\theta_l}^{-1}(t) - G_{\theta_l}^{-1}(t)|^p dt,
+
+    each 1-D problem solved exactly by sorting (merged quantile levels when sizes or weights
+    differ). With the same directions it equals ``ot.sliced_wasserstein_distance(x, y, a, b,
+    projections=theta.T, p=p) ** p``. Differentiable in ``x``, ``y`` (and the directions).
+
+    Args:
+        x: ``(n, d)`` source points (a 1-D array is read as ``(n, 1)``).
+        y: ``(m, d)`` target points.
+        projections: explicit ``(L, d)`` directions, used as given.
+        n_projections: else, the number ``L`` of random directions (default 500).
+        p: the order ``p >= 1``.
+        x_weights, y_weights: optional ``(n,)`` / ``(m,)`` non-negative weights (uniform by default).
+        generator: a ``torch.Generator`` for the random directions (fresh draws on every call).
+        seed: else, a seed for them (default 0: the same directions on every call).
+
+    Returns:
+        A 0-d tensor, :math:`\mathrm{SW}_p^p` (take ``** (1 / p)`` for the distance).
+
+    Raises:
+        ShapeMismatchError: dimensions of ``x``, ``y`` and ``projections`` disagree.
+        InvalidArgumentError: ``L = 0``, ``p < 1``, bad weights.
+        EmptyDatasetError, NonFiniteError: empty clouds, NaN/Inf.
+    """
+    x, y = _as_cloud("x", x), _as_cloud("y", y)
+    if x.shape[1] != y.shape[1]:
+        raise ShapeMismatchError(f"x has dimension {x.shape[1]} (shape {tuple(x.shape)}) but y has {y.shape[1]}.")
+    y = y.to(device=x.device, dtype=x.dtype)
+    p = _check_p(p)
+    a = _as_weights("x_weights", x_weights, x.shape[0], x)
+    b = _as_weights("y_weights", y_weights, y.shape[0], x)
+    theta = _directions(projections, n_projections, x.shape[1], x, generator, seed)
+    return _wasserstein_1d((x @ theta.T).T, (y @ theta.T).T, a, b, p).mean()
+
+
+# ---------------------------------------------------------------------- class pairs
+@dataclass(frozen=True)
+class SortedClasses:
+    r"""Sorted projections of every class of a dataset on ``L`` directions.
+
+    Attributes:
+        values: ``(C, r, L)``, class ``c``'s ``n_c`` projections sorted ascending in
+            ``values[c, :n_c]`` (rows past ``n_c`` are padding).
+        counts: ``(C,)`` class sizes :math:`n_c`.
+    """
+
+    values: torch.Tensor
+    counts: torch.Tensor
+
+
+def _class_index(y: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(C, r)`` row indices of each class's samples (padding points at row ``n``) and the padding mask."""
+    n = y.shape[0]
+    rows = int(counts.max())
+    order = torch.argsort(y, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(rows, device=y.device)[None, :]
+    valid = position < counts[:, None]
+    index = (starts[:, None] + position).clamp_max(n - 1)
+    index = torch.where(valid, order[index], torch.full_like(index, n))
+    return index, valid
+
+
+def sort_classes(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, theta: torch.Tensor, *, index=None
+) -> SortedClasses:
+    """Project ``x`` ``(n, d)`` on ``theta`` ``(L, d)`` with one matrix product and sort per class.
+
+    ``index`` is the cached ``(C, r)`` output of the class grouping (recomputed when None).
+    """
+    counts = torch.bincount(y, minlength=num_classes)
+    if bool((counts == 0).any()):
+        raise EmptyDatasetError(f"classes {torch.nonzero(counts == 0).flatten().tolist()} have no samples.")
+    projected = x @ theta.T  # (n, L)
+    if int(counts.min()) == int(counts.max()):
+        if index is None:
+            index = torch.argsort(y, stable=True).reshape(num_classes, -1)
+        grouped = projected[index]
+    else:
+        if index is None:
+            index = _class_index(y, counts)[0]
+        padded = torch.cat([projected, projected.new_full((1, projected.shape[1]), float("inf"))])
+        grouped = padded[index]  # padding sorts last
+    return SortedClasses(grouped.sort(dim=1).values, counts)
+
+
+def quantile_grid(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The merged quantile levels of uniform clouds of the given sizes.
+
+    Returns ``steps`` ``(K,)`` (the lengths :math:`\Delta t_k` of the level intervals, summing to 1)
+    and ``index`` ``(S, K)`` (for each size :math:`n_s`, the rank of the quantile on interval
+    ``k``: :math:`\lceil t_k n_s \rceil - 1`).
+    """
+    sizes_list = sorted({int(s) for s in sizes.tolist()})
+    levels = np.unique(np.concatenate([np.arange(1, s + 1, dtype=np.float64) / s for s in sizes_list]))
+    # merge levels equal up to rounding (e.g. 1/3 from two sizes)
+    keep = np.concatenate([np.diff(levels) > 1e-12, [True]])
+    levels = levels[keep]
+    levels[-1] = 1.0
+    steps = np.diff(levels, prepend=0.0)
+    mid = levels - steps / 2  # the quantile is constant on each interval; read it at the midpoint
+    index = np.stack([np.minimum(np.floor(mid * s), s - 1) for s in sizes_list]).astype(np.int64)
+    table = {s: k for k, s in enumerate(sizes_list)}
+    rows = torch.as_tensor([table[int(s)] for s in sizes.tolist()])
+    return torch.as_tensor(steps), torch.as_tensor(index)[rows]
+
+
+def _on_grid(sorted_classes: SortedClasses, index: torch.Tensor | None) -> torch.Tensor:
+    """``(C, K, L)`` quantiles of every class on the common grid."""
+    values = sorted_classes.values
+    if index is None:
+        return values
+    index = index.to(values.device)
+    return values.gather(1, index[:, :, None].expand(-1, -1, values.shape[2]))
+
+
+def common_grid(*count_sets: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The merged grid for several sets of class sizes: steps ``(K,)`` and one ``(C_i, K)`` index each
+    (None when every class of every set has the same size, where the grid is the identity)."""
+    counts = torch.cat([c.cpu() for c in count_sets])
+    if int(counts.min()) == int(counts.max()):
+        n = int(counts[0])
+        return torch.full((n,), 1.0 / n, dtype=torch.float64), [None] * len(count_sets)
+    steps, index = quantile_grid(counts)
+    return steps, list(index.split([len(c) for c in count_sets]))
+
+
+def pairwise_sliced(
+    quantiles1: torch.Tensor, quantiles2: torch.Tensor | None, steps: torch.Tensor, p: float
+) -> torch.Tensor:
+    r"""``(C1, C2)`` :math:`\mathrm{SW}_p^p` between classes given their quantiles on a common grid.
+
+    ``quantiles`` are ``(C, K, L)`` and ``steps`` ``(K,)``. For ``p = 2`` the matrix comes from one
+    float64 Gram product (differences of sums, clamped at 0; pairs where the difference cancels are
+    recomputed directly); the diagonal of the symmetric case
+    (``quantiles2=None``) is exactly 0 with zero gradient. Other ``p`` use the differences directly.
+    """
+    symmetric = quantiles2 is None
+    other = quantiles1 if symmetric else quantiles2
+    num_l = quantiles1.shape[2]
+    steps = steps.to(device=quantiles1.device, dtype=torch.float64)
+    if p == 2.0:
+        if bool((steps == steps[0]).all()):  # equal class sizes: uniform steps, factored out
+            weight = float(steps[0]) / num_l
+            a = quantiles1.double().flatten(1)
+            b = a if symmetric else other.double().flatten(1)
+        else:
+            weight = 1.0 / num_l
+            root = steps.sqrt()[None, :, None]
+            a = (quantiles1.double() * root).flatten(1)
+            b = a if symmetric else (other.double() * root).flatten(1)
+        sq_a = (a * a).sum(1)
+        sq_b = sq_a if symmetric else (b * b).sum(1)
+        scale = weight * (sq_a[:, None] + sq_b[None, :])
+        out = (scale - (2.0 * weight) * (a @ b.T)).clamp_min(0)
+        # where the difference of sums cancels (nearly equal classes), recompute the pair directly so
+        # that SW of a class with itself is exactly 0 and the Riesz kernel's sqrt sees no rounding noise
+        close = out <= 1e-6 * scale
+        if symmetric:
+            close &= ~torch.eye(out.shape[0], dtype=torch.bool, device=out.device)
+        if bool(close.any()):
+            rows, cols = close.nonzero(as_tuple=True)
+            direct = (quantiles1[rows].double() - other[cols].double()).square()
+            out = out.index_put((rows, cols), (direct * steps[None, :, None]).sum(dim=(1, 2)) / num_l)
+    else:
+        rows = []
+        for c in range(quantiles1.shape[0]):  # one class at a time bounds memory at C2 x K x L
+            diff = (quantiles1[c : c + 1].double() - other.double()).abs().pow(p)
+            rows.append((diff * steps[None, :, None]).sum(dim=(1, 2)) / num_l)
+        out = torch.stack(rows)
+    if symmetric:
+        eye = torch.eye(out.shape[0], dtype=torch.bool, device=out.device)
+        out = torch.where(eye, torch.zeros_like(out), out)
+    return out.to(quantiles1.dtype)
+
+
+def class_sliced_wasserstein(
+    source: LabeledDataset,
+    target: LabeledDataset | None = None,
+    *,
+    projections: Any = None,
+    n_projections: int | None = None,
+    p: float = 2,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    r"""``(C1, C2)`` matrix :math:`\mathrm{SW}_p^p(\mu_c, \nu_{c'})` between every source and target class.
+
+    Each class is the uniform cloud of its samples (sample weights are not used inside a class).
+    All classes share the same ``L`` directions, one projection product per dataset, and one Gram
+    product for ``p = 2``. With ``target=None`` the source is compared with itself (symmetric,
+    zero diagonal). Differentiable in the features of both datasets.
+
+    Args: as :func:`sliced_wasserstein`.
+    """
+    if not isinstance(source, LabeledDataset) or not (target is None or isinstance(target, LabeledDataset)):
+        raise InvalidArgumentError("source and target must be LabeledDatasets.")
+    p = _check_p(p)
+    if target is not None and target.dim != source.dim:
+        raise ShapeMismatchError(f"source has dimension {source.dim} but target has {target.dim}.")
+    theta = _directions(projections, n_projections, source.dim, source.x, generator, seed)
+    sorted1 = sort_classes(source.x, source.y, source.num_classes, theta)
+    if target is None:
+        steps, (index1,) = common_grid(sorted1.counts)
+        return pairwise_sliced(_on_grid(sorted1, index1), None, steps, p)
+    x2 = target.x.to(device=source.x.device, dtype=source.x.dtype)
+    sorted2 = sort_classes(x2, target.y.to(source.x.device), target.num_classes, theta)
+    steps, (index1, index2) = common_grid(sorted1.counts, sorted2.counts)
+    return pairwise_sliced(_on_grid(sorted1, index1), _on_grid(sorted2, index2), steps, p)

@@ -1,0 +1,237 @@
+r"""The WoW flow objective: :math:`F(P) = \tfrac12 \mathrm{MMD}_K^2(P, Q)` with a sliced-Wasserstein kernel.
+
+The particles of class :math:`c` form :math:`\mu_c`; the flowed dataset is
+:math:`P = \sum_c p_c \delta_{\mu_c}` and the target :math:`Q` is fixed (see
+:mod:`datasetflow.distances.mmd`). The flow loop divides each particle gradient by the particle's
+mass :math:`w_i = p_c / n_c`, which is the WoW gradient :math:`(n_c/p_c)\,\nabla_{x_i} F` of
+Bonet, Vauthier & Korba (2025): the same single rescaling as for Wasserstein flows. The term
+adds to the OTDD, potential and interaction terms of the same flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.dataset import LabeledDataset
+from ..distances.kernels import SWKernel, get_kernel
+from ..distances.mmd import class_masses, mmd_from_quantiles
+from ..distances.sliced import (
+    DEFAULT_PROJECTIONS,
+    _on_grid,
+    check_projections,
+    common_grid,
+    draw_directions,
+    pairwise_sliced,
+    sort_classes,
+)
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from .base import Functional
+
+__all__ = ["MMDSWToTarget", "mmd_sw_to"]
+
+
+class MMDSWToTarget(Functional):
+    r"""Half the squared MMD with an SW kernel to a fixed target dataset, as a flow functional.
+
+    Args:
+        target: the target :class:`LabeledDataset` (class masses from its weights, uniform
+            inside each class).
+        kernel: ``"riesz"`` (default, :math:`-\mathrm{SW}_2`), ``"gaussian"``, ``"riesz-r"``,
+            ``"laplace"``, ``"imq"`` or an :class:`~datasetflow.distances.kernels.SWKernel`.
+        bandwidth: :math:`h > 0` (None: median heuristic at the first step, then fixed).
+        exponent: :math:`r` of ``riesz-r``.
+        n_projections: the number ``L`` of directions (default 500).
+        projections: explicit ``(L, d)`` directions, used at every step.
+        resample: draw fresh directions at every step (default, as in the paper); False keeps
+            the first draw (a deterministic objective).
+        target_batch: if set, a minibatch of at most this many target points per class is drawn
+            at every step.
+        seed: seed of the directions and minibatches (their generator is checkpointed).
+
+    The target-target term :math:`\sum q q' K(\nu, \nu')` does not depend on the particles; it
+    is computed once, at the first evaluation, on the full target (with that step's
+    directions). With fixed directions and no minibatch the target's sorted projections are
+    computed once as well.
+    """
+
+    name = "mmd_sw"
+
+    def __init__(
+        self,
+        target: LabeledDataset,
+        *,
+        kernel: str | SWKernel = "riesz",
+        bandwidth: float | None = None,
+        exponent: float = 1.0,
+        n_projections: int | None = None,
+        projections: Any = None,
+        resample: bool = True,
+        target_batch: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(target, LabeledDataset):
+            raise InvalidArgumentError(f"target must be a LabeledDataset, got {type(target).__name__}.")
+        self.kernel = get_kernel(kernel, bandwidth=bandwidth, exponent=exponent)
+        self._bandwidth_given = self.kernel.bandwidth
+        self.target = target
+        self.target_masses = class_masses(target, argument="target")
+        if projections is not None:
+            self.projections = check_projections(projections, target.dim, like=target.x)
+            if n_projections is not None and n_projections != self.projections.shape[0]:
+                raise InvalidArgumentError(
+                    f"n_projections={n_projections} disagrees with the {self.projections.shape[0]} rows of projections."
+                )
+        else:
+            self.projections = None
+            # validated here so that a bad L fails before the flow starts
+            draw_directions(DEFAULT_PROJECTIONS if n_projections is None else n_projections, 1)
+        self.n_projections = DEFAULT_PROJECTIONS if n_projections is None else int(n_projections)
+        if target_batch is not None and (
+            isinstance(target_batch, bool) or not isinstance(target_batch, int) or target_batch < 1
+        ):
+            raise InvalidArgumentError(f"target_batch must be a positive int or None, got {target_batch!r}.")
+        self.resample, self.target_batch, self.seed = bool(resample), target_batch, int(seed)
+        self.reset()
+
+    def __repr__(self) -> str:
+        return (
+            f"mmd_sw_to(target={self.target.name or 'dataset'!r}, kernel={self.kernel!r}, "
+            f"L={self.n_projections if self.projections is None else self.projections.shape[0]}, "
+            f"resample={self.resample}, target_batch={self.target_batch})"
+        )
+
+    # ------------------------------------------------------------------ memory
+    def reset(self) -> None:  # noqa: D102
+        self._generator: torch.Generator | None = None
+        self._target_term: torch.Tensor | None = None
+        self._fixed_theta: torch.Tensor | None = None
+        self._target_cache: tuple | None = None
+        self._pending: dict[str, Any] | None = None
+        self.kernel.bandwidth = self._bandwidth_given
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state: dict[str, Any] = {"bandwidth": self.kernel.bandwidth}
+        if self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        if self._target_term is not None:
+            state["target_term"] = self._target_term.detach().cpu()
+        if self._fixed_theta is not None:
+            state["theta"] = self._fixed_theta.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.reset()
+        self.kernel.bandwidth = state.get("bandwidth", self._bandwidth_given)
+        self._pending = state
+
+    # ------------------------------------------------------------------ evaluation
+    def _prepare(self, like: torch.Tensor) -> None:
+        """Create the generator (and restore saved memory) on the particles' device."""
+        if self._generator is not None:
+            return
+        self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
+        pending = self._pending
+        if pending:
+            if "generator" in pending:
+                self._generator.set_state(pending["generator"])
+            if "target_term" in pending:
+                self._target_term = pending["target_term"].to(device=like.device, dtype=like.dtype)
+            if "theta" in pending:
+                self._fixed_theta = pending["theta"].to(device=like.device, dtype=like.dtype)
+        self._pending = None
+
+    def _directions(self, like: torch.Tensor) -> torch.Tensor:
+        if self.projections is not None:
+            return self.projections.to(device=like.device, dtype=like.dtype)
+        if self.resample:
+            return draw_directions(
+                self.n_projections, like.shape[1], generator=self._generator, dtype=like.dtype, device=like.device
+            )
+        if self._fixed_theta is None:
+            self._fixed_theta = draw_directions(
+                self.n_projections, like.shape[1], generator=self._generator, dtype=like.dtype, device=like.device
+            )
+        return self._fixed_theta
+
+    def _target_batch(self, target: LabeledDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of this step's target minibatch (or of the whole target)."""
+        if self.target_batch is None:
+            return target.x, target.y
+        keys = torch.rand(len(target), generator=self._generator, device=target.x.device, dtype=target.x.dtype)
+        order = torch.argsort(keys)
+        order = order[torch.argsort(target.y[order], stable=True)]  # random order inside each class
+        counts = target.class_counts()
+        starts = torch.cumsum(counts, 0) - counts
+        take = counts.clamp_max(self.target_batch)
+        picked = torch.cat([order[s : s + t] for s, t in zip(starts.tolist(), take.tolist(), strict=True)])
+        return target.x[picked], target.y[picked]
+
+    def value(self, state) -> torch.Tensor:  # noqa: D102
+        data = state.dataset()
+        x = data.x
+        if x.shape[1] != self.target.dim:
+            raise ShapeMismatchError(f"the particles have dimension {x.shape[1]} but the target has {self.target.dim}.")
+        if self.target.x.device != x.device or self.target.x.dtype != x.dtype:
+            self.target = self.target.to(device=x.device, dtype=x.dtype)
+            self.target_masses = self.target_masses.to(device=x.device, dtype=x.dtype)
+            self._target_cache = None
+        self._prepare(x)
+        masses = class_masses(data, argument="the flowed dataset")
+        theta = self._directions(x)
+        source_sorted = sort_classes(x, state.y, len(state.classes), theta)
+        fixed_target = self.target_batch is None and (self.projections is not None or not self.resample)
+        if fixed_target and self._target_cache is not None:
+            target_sorted = self._target_cache
+        else:
+            with torch.no_grad():
+                tx, ty = self._target_batch(self.target)
+                target_sorted = sort_classes(tx, ty, self.target.num_classes, theta)
+            if fixed_target:
+                self._target_cache = target_sorted
+        if self._target_term is None:
+            with torch.no_grad():
+                full = (
+                    target_sorted
+                    if self.target_batch is None
+                    else sort_classes(self.target.x, self.target.y, self.target.num_classes, theta)
+                )
+                steps, (index,) = common_grid(full.counts)
+                grid = _on_grid(full, index)
+                # the bandwidth is fitted on the source-target matrix by the first full evaluation below;
+                # fit it first so that the constant term uses the same bandwidth
+                if self.kernel.has_bandwidth and self.kernel.bandwidth is None:
+                    self._fit_bandwidth(source_sorted, full)
+                _, self._target_term = mmd_from_quantiles(
+                    self.kernel, grid, self.target_masses, grid, self.target_masses, steps
+                )
+        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
+        if self.kernel.has_bandwidth and self.kernel.bandwidth is None:
+            self._fit_bandwidth(source_sorted, target_sorted)
+        value, _ = mmd_from_quantiles(
+            self.kernel,
+            _on_grid(source_sorted, index1),
+            masses,
+            _on_grid(target_sorted, index2),
+            self.target_masses,
+            steps,
+            target_term=self._target_term,
+        )
+        return value
+
+    def _fit_bandwidth(self, source_sorted, target_sorted) -> None:
+        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
+        with torch.no_grad():
+            sw = pairwise_sliced(
+                _on_grid(source_sorted, index1).detach(),
+                _on_grid(target_sorted, index2),
+                steps,
+                float(self.kernel.order),
+            )
+        self.kernel.fit_bandwidth(sw)
+
+
+def mmd_sw_to(target: LabeledDataset, **options: Any) -> MMDSWToTarget:
+    """Shorthand for :class:`MMDSWToTarget`."""
+    return MMDSWToTarget(target, **options)
