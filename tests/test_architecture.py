@@ -12,7 +12,19 @@ import pytest
 pytestmark = pytest.mark.fast
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "datasetflow"
-LAYERS = ["errors", "data", "costs", "solvers", "distances", "functionals", "flows", "viz", "cli", "experiments"]
+LAYERS = [
+    "errors",
+    "data",
+    "costs",
+    "solvers",
+    "distances",
+    "functionals",
+    "flows",
+    "models",
+    "viz",
+    "cli",
+    "experiments",
+]
 
 
 def _layer(module_path: Path) -> str:

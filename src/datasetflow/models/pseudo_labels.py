@@ -1,0 +1,182 @@
+r"""Pseudo-labels for unlabeled data (paper §6.3, §7.3 and Appendix C).
+
+"If no labels are available at all, we propose to generate pseudo-labels for the flow [...] by
+clustering the initial data and using the identities of the clusters as imputed labels."
+:func:`pseudo_labels` clusters features (optionally in a PCA or network embedding) with k-means;
+:func:`align_pseudo_labels` renames the clusters after the classes of a reference dataset by a
+minimum-cost matching, "so as to allow accuracy computation" (App. C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..data.dataset import LabeledDataset
+from ..distances.label_costs import LabelCost
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ._utils import (
+    batched,
+    check_choice,
+    check_dataset_pair,
+    check_matrix,
+    check_positive_int,
+    features_of,
+    module_placement,
+    seeded,
+    sklearn_missing,
+)
+from .correspondence import label_distance_matrix, match_classes
+
+__all__ = ["pseudo_labels", "align_pseudo_labels", "embed", "CLUSTERING_METHODS", "EMBEDDINGS", "ALIGN_COSTS"]
+
+CLUSTERING_METHODS = ("kmeans",)
+EMBEDDINGS = ("pca",)
+ALIGN_COSTS = ("otdd", "means")
+
+
+def embed(
+    x: torch.Tensor,
+    embedding: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    n_components: int = 50,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    r"""Features ``(n, d)`` mapped to the space they are clustered in, ``(n, e)``.
+
+    * ``None``: the features themselves (``e = d``).
+    * ``"pca"``: the centred features projected on their top :math:`q = \min(n_\text{components}, n, d)`
+      principal directions, :math:`(x - \bar x) V_{:, :q}` (``torch.pca_lowrank``, seeded).
+    * a callable ``(b, d) -> (b, e)``, e.g. ``LeNet5(...).features``: applied in batches without gradients
+      (on the device and dtype of its module when it is a bound method of one).
+    """
+    if embedding is None:
+        return x
+    if isinstance(embedding, str):
+        check_choice("embedding", embedding, EMBEDDINGS)
+        check_positive_int("n_components", n_components)
+        q = min(n_components, *x.shape)
+        with seeded(seed, x.device), torch.no_grad():
+            mean = x.mean(0, keepdim=True)
+            _, _, v = torch.pca_lowrank(x - mean, q=q, center=False)
+            return (x - mean) @ v[:, :q]
+    if not callable(embedding):
+        raise InvalidArgumentError(
+            f"embedding must be None, one of {EMBEDDINGS} or a callable (b, d) -> (b, e), "
+            f"got {type(embedding).__name__}."
+        )
+    device, dtype = module_placement(getattr(embedding, "__self__", embedding), x)
+    out = batched(lambda b: embedding(b.to(device=device, dtype=dtype)), x, batch_size)
+    if out.ndim != 2 or out.shape[0] != x.shape[0]:
+        raise ShapeMismatchError(
+            f"embedding must map (b, d) features to (b, e); it returned shape {tuple(out.shape)} "
+            f"for input of shape {tuple(x.shape)}."
+        )
+    return out
+
+
+def pseudo_labels(
+    dataset_or_x: LabeledDataset | torch.Tensor,
+    n_clusters: int,
+    *,
+    embedding: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    n_components: int = 50,
+    seed: int = 0,
+    method: str = "kmeans",
+) -> LabeledDataset:
+    r"""Label unlabeled samples by the identity of their k-means cluster (paper §6.3).
+
+    .. math:: \min_{c_1..c_K} \sum_i w_i \min_k \|e(x_i) - c_k\|^2, \qquad \tilde y_i = \arg\min_k \|e(x_i) - c_k\|^2
+
+    with :math:`e` the ``embedding`` (see :func:`embed`) and :math:`w` the sample weights.
+    Needs scikit-learn (``pip install 'datasetflow[cluster]'``).
+
+    Args:
+        dataset_or_x: ``(n, d)`` features (or ``(n, *feature_shape)``), or a :class:`LabeledDataset`
+            whose labels are ignored (its weights and ``feature_shape`` are kept).
+        n_clusters: ``K >= 1``, at most ``n``.
+        embedding: ``None`` (raw features), ``"pca"`` or a callable ``(b, d) -> (b, e)``.
+        n_components: PCA dimension for ``embedding="pca"``.
+        seed: seeds k-means (10 restarts) and the randomised PCA.
+        method: ``"kmeans"``.
+
+    Returns:
+        A :class:`LabeledDataset` with the original features (not the embedding), labels the cluster
+        ids ``0..K-1`` (clusters left empty are dropped) and the input's weights, dtype and device.
+    """
+    check_choice("method", method, CLUSTERING_METHODS)
+    x, feature_shape = features_of(dataset_or_x, "dataset_or_x")
+    x = x.detach()
+    weights = dataset_or_x.weights if isinstance(dataset_or_x, LabeledDataset) else None
+    n = x.shape[0]
+    check_positive_int("n_clusters", n_clusters)
+    if n_clusters > n:
+        raise InvalidArgumentError(f"n_clusters={n_clusters} exceeds the number of samples n={n}.")
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise sklearn_missing("pseudo_labels") from exc
+    points = embed(x, embedding, n_components=n_components, seed=seed).cpu().double().numpy()
+    sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
+    codes = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points, sample_weight=sample_weight)
+    _, codes = np.unique(codes, return_inverse=True)
+    name = dataset_or_x.name if isinstance(dataset_or_x, LabeledDataset) else None
+    return LabeledDataset(x.reshape(n, *feature_shape), codes.reshape(-1), weights=weights, name=name)
+
+
+def _class_means(dataset: LabeledDataset) -> torch.Tensor:
+    """``(C, d)`` weighted class means."""
+    x, w = dataset.x.detach(), dataset.weights
+    sums = torch.zeros(dataset.num_classes, dataset.dim, dtype=x.dtype, device=x.device)
+    return sums.index_add(0, dataset.y, w[:, None] * x) / dataset.class_weights()[:, None]
+
+
+def align_pseudo_labels(
+    pseudo: LabeledDataset,
+    reference: LabeledDataset,
+    *,
+    cost: str | torch.Tensor = "otdd",
+    inner: str | LabelCost = "gaussian",
+) -> LabeledDataset:
+    r"""Rename the clusters of ``pseudo`` after the classes of ``reference`` by a minimum-cost matching.
+
+    With :math:`D_{kc}` a cost between cluster ``k`` and reference class ``c``, cluster ``k`` is
+    renamed ``reference.classes[σ(k)]`` where :math:`\sigma` = :func:`~datasetflow.models.correspondence.match_classes`
+    (a permutation minimising :math:`\sum_k D_{k\sigma(k)}` when the class counts agree, else the
+    argmax of the exact OT coupling between the class masses).
+
+    Args:
+        pseudo: dataset with ``K`` clusters, e.g. from :func:`pseudo_labels`.
+        reference: dataset with ``C`` named classes in the same feature dimension (the same samples
+            with their true labels for evaluation, or the dataset the flow goes to).
+        cost: ``"otdd"`` (default; OTDD label distances :math:`W_2^2(\alpha_k, \beta_c)`, as
+            ``otdd(pseudo, reference).label_distances``), ``"means"`` (squared distances between class
+            means, :math:`\|m_k - m'_c\|^2`) or a precomputed ``(K, C)`` matrix.
+        inner: label cost for ``cost="otdd"``.
+
+    Returns:
+        A copy of ``pseudo`` whose labels are names from ``reference.classes`` (its ``classes`` are
+        those used, in the reference's order); features, weights and ``feature_shape`` unchanged.
+    """
+    check_dataset_pair(("pseudo", "reference"), pseudo, reference)
+    shape = (pseudo.num_classes, reference.num_classes)
+    if isinstance(cost, str):
+        check_choice("cost", cost, ALIGN_COSTS)
+        if cost == "otdd":
+            matrix = label_distance_matrix(pseudo, reference, inner=inner)
+        else:
+            other = _class_means(reference).to(device=pseudo.x.device, dtype=pseudo.x.dtype)
+            matrix = torch.cdist(_class_means(pseudo), other) ** 2
+    else:
+        matrix = check_matrix("cost", cost, shape)
+    a = pseudo.class_weights()
+    b = reference.class_weights().to(device=a.device, dtype=a.dtype)
+    matched = match_classes(matrix.to(device=a.device, dtype=a.dtype), a=a, b=b).tolist()
+    labels = [reference.classes[matched[k]] for k in pseudo.y.tolist()]
+    used = set(matched)
+    kept = [c for j, c in enumerate(reference.classes) if j in used]
+    x = pseudo.x.detach().reshape(len(pseudo), *pseudo.feature_shape)
+    return LabeledDataset(x, labels, weights=pseudo.weights, classes=kept, name=pseudo.name)
