@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 EXPECTED = {
+    "rings": ["rings_grid.png", "rings_objective.png", "rings_riesz.gif", "rings_gaussian.gif"],
     "synthetic_dynamics": [
         "dynamics_grid.png",
         "dynamics_objective.png",

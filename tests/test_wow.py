@@ -313,3 +313,26 @@ def test_bad_input_errors():
         wow(source, target, ground="gromov")
     with pytest.raises(ShapeMismatchError):
         wow(source, _labeled((4, 4), dim=2))
+
+
+def test_target_term_is_computed_once_with_fixed_directions_and_values_stay_non_negative():
+    source = _labeled((10, 10), dim=2).with_class_weights("uniform")
+    target = _labeled((12, 12), dim=2, shift=0.5, seed=12)
+    fixed = mmd_sw_to(target, n_projections=10, resample=False)
+    run_flow(fixed, source, step_size=0.05, steps=3)
+    term, cache = fixed._target_term, fixed._target_cache
+    assert term is not None and cache is not None
+    fixed.value(_state(source))  # later evaluations reuse the target's sorted projections and term
+    assert fixed._target_cache is cache and torch.equal(fixed._target_term, term)
+    fresh = run_flow(
+        mmd_sw_to(target, kernel="gaussian", bandwidth=0.05, n_projections=8), source, step_size=0.1, steps=60
+    )
+    assert min(fresh.objective) >= 0.0
+
+
+def _state(dataset):
+    from datasetflow.functionals.state import FlowState
+
+    state = FlowState.from_dataset(dataset)
+    state.x.requires_grad_()
+    return state

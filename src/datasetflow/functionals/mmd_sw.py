@@ -50,10 +50,12 @@ class MMDSWToTarget(Functional):
             at every step.
         seed: seed of the directions and minibatches (their generator is checkpointed).
 
-    The target-target term :math:`\sum q q' K(\nu, \nu')` does not depend on the particles; it
-    is computed once, at the first evaluation, on the full target (with that step's
-    directions). With fixed directions and no minibatch the target's sorted projections are
-    computed once as well.
+    The target-target term :math:`\sum q q' K(\nu, \nu')` does not depend on the particles.
+    With fixed directions (``projections`` given or ``resample=False``) and no minibatch it is
+    computed once, with the target's sorted projections, and reused at every step. With fresh
+    directions (or a target minibatch) it is recomputed from the same step's sorted target
+    projections, which that step needs anyway (one extra ``C' x C'`` block of the Gram product),
+    so that the logged value is the exact MMD for that step's directions and never negative.
     """
 
     name = "mmd_sw"
@@ -190,34 +192,20 @@ class MMDSWToTarget(Functional):
                 target_sorted = sort_classes(tx, ty, self.target.num_classes, theta)
             if fixed_target:
                 self._target_cache = target_sorted
-        if self._target_term is None:
-            with torch.no_grad():
-                full = (
-                    target_sorted
-                    if self.target_batch is None
-                    else sort_classes(self.target.x, self.target.y, self.target.num_classes, theta)
-                )
-                steps, (index,) = common_grid(full.counts)
-                grid = _on_grid(full, index)
-                # the bandwidth is fitted on the source-target matrix by the first full evaluation below;
-                # fit it first so that the constant term uses the same bandwidth
-                if self.kernel.has_bandwidth and self.kernel.bandwidth is None:
-                    self._fit_bandwidth(source_sorted, full)
-                _, self._target_term = mmd_from_quantiles(
-                    self.kernel, grid, self.target_masses, grid, self.target_masses, steps
-                )
-        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
         if self.kernel.has_bandwidth and self.kernel.bandwidth is None:
             self._fit_bandwidth(source_sorted, target_sorted)
-        value, _ = mmd_from_quantiles(
+        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
+        value, target_term = mmd_from_quantiles(
             self.kernel,
             _on_grid(source_sorted, index1),
             masses,
             _on_grid(target_sorted, index2),
             self.target_masses,
             steps,
-            target_term=self._target_term,
+            target_term=self._target_term if fixed_target else None,
         )
+        if fixed_target:
+            self._target_term = target_term.detach()
         return value
 
     def _fit_bandwidth(self, source_sorted, target_sorted) -> None:
