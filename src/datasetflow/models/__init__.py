@@ -17,6 +17,7 @@ from .correspondence import class_correspondence, label_distance_matrix, match_c
 from .lenet import LeNet5, train_classifier
 from .pseudo_labels import align_pseudo_labels, embed, pseudo_labels
 from .push_forward import PushForwardMap
+from .repurpose import RepurposeResult, repurpose
 
 __all__ = [
     "LeNet5",
@@ -32,4 +33,6 @@ __all__ = [
     "align_pseudo_labels",
     "embed",
     "PushForwardMap",
+    "repurpose",
+    "RepurposeResult",
 ]

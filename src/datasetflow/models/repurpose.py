@@ -1,0 +1,276 @@
+r"""Model re-purposing: flow a dataset to the domain a frozen classifier was trained on (paper §7.3).
+
+A classifier :math:`f` trained on the target dataset :math:`\beta` (classes :math:`1..k`) is
+kept frozen. The source dataset :math:`\alpha` (classes :math:`1..k'`) follows a gradient flow
+towards :math:`\beta` (``objective="otdd"``: :math:`\tfrac12\mathrm{OTDD}^2`, fd-fl dynamics;
+``objective="mmd-sw"``: :math:`\tfrac12\mathrm{MMD}^2` with a sliced-Wasserstein kernel, the
+WoW flow) and :math:`f` classifies the flowed samples.
+
+How predictions are scored. A sample of source class :math:`c` is correct when :math:`f` predicts
+the target class :math:`m(c)` that :math:`c` corresponds to:
+
+* ``naming="names"`` (the default when every source class is also a target class, e.g. USPS and
+  MNIST digits): :math:`m(c) = c`, by class name.
+* ``naming="correspondence"`` (the default otherwise, e.g. garments against digits): before the
+  flow, :math:`m` comes from the §6.4 correspondence, the OT coupling of the two class
+  histograms under the OTDD label distances (:func:`class_correspondence`); after the flow, from
+  the WoW coupling between the flowed classes and the target classes (:func:`datasetflow.wow`),
+  which is how WoW flows are evaluated (classes are matched after the flow).
+
+Unlabeled sources (``flow_labels="kmeans"``): the flow uses k-means pseudo-labels (optionally on
+an embedding, such as the frozen classifier's own features) instead of the source labels; the
+true labels are used only to score the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.dataset import LabeledDataset
+from ..distances.wow import wow
+from ..errors import InvalidArgumentError
+from ..flows.loop import run_flow
+from ..flows.result import FlowResult
+from ..functionals.mmd_sw import mmd_sw_to
+from ..functionals.otdd_target import otdd_to
+from .classifier import predict
+from .correspondence import class_correspondence
+from .pseudo_labels import align_pseudo_labels, pseudo_labels
+
+__all__ = ["repurpose", "RepurposeResult", "class_targets"]
+
+OBJECTIVES = ("otdd", "mmd-sw")
+
+
+@dataclass(frozen=True)
+class RepurposeResult:
+    """Result of :func:`repurpose`.
+
+    Attributes:
+        accuracy_before: fraction of source samples the frozen classifier gets right before the flow.
+        accuracy_after: the same on the flowed samples.
+        curve: ``[(step, accuracy), ...]`` measured during the flow (``eval_every``).
+        matching_before, matching_after: for each source class, the name of the target class it is
+            scored against (see the module docstring).
+        flow: the :class:`~datasetflow.flows.result.FlowResult` (final particles carry the flow labels).
+        flow_labels: ``"true"`` or ``"kmeans"``.
+        pseudo_label_accuracy: with pseudo-labels, the fraction of samples whose aligned cluster is
+            their true class.
+        naming: ``"names"`` or ``"correspondence"``.
+        seconds: wall time of the flow.
+    """
+
+    accuracy_before: float
+    accuracy_after: float
+    curve: list[tuple[int, float]]
+    matching_before: list[Hashable]
+    matching_after: list[Hashable]
+    flow: FlowResult
+    flow_labels: str
+    naming: str
+    pseudo_label_accuracy: float | None = None
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (no particles)."""
+
+        def name(c: Hashable) -> Any:
+            return c if isinstance(c, (int, float, str, bool)) else str(c)
+
+        return {
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "curve": [[s, a] for s, a in self.curve],
+            "matching_before": [name(c) for c in self.matching_before],
+            "matching_after": [name(c) for c in self.matching_after],
+            "flow_labels": self.flow_labels,
+            "naming": self.naming,
+            "pseudo_label_accuracy": self.pseudo_label_accuracy,
+            "objective": list(self.flow.objective),
+            "steps": self.flow.steps,
+            "seconds": self.seconds,
+            "config": self.config,
+        }
+
+
+def class_targets(source_classes: Sequence[Hashable], matching: Sequence[Hashable], target_classes) -> torch.Tensor:
+    """``(k',)`` long: the index, among the classifier's classes, that each source class is scored against."""
+    index = {c: j for j, c in enumerate(target_classes)}
+    return torch.as_tensor([index[m] for m in matching], dtype=torch.long)
+
+
+def _score(classifier: Callable, x: torch.Tensor, y: torch.Tensor, expected: torch.Tensor) -> float:
+    predicted = predict(classifier, x)
+    return float((predicted.cpu() == expected[y.cpu()]).double().mean())
+
+
+def repurpose(
+    source: LabeledDataset,
+    target: LabeledDataset,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    objective: str = "otdd",
+    steps: int = 100,
+    step_size: float | None = None,
+    optimizer: str | None = None,
+    naming: str | None = None,
+    flow_labels: str = "true",
+    embedding: Any = None,
+    eval_every: int | None = None,
+    record_every: int | None = None,
+    callbacks: Sequence[Callable] = (),
+    functional_options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> RepurposeResult:
+    r"""Flow ``source`` to ``target`` and score a frozen ``classifier`` (trained on ``target``) before and after.
+
+    Args:
+        source: the dataset to re-purpose (its labels score the result; with ``flow_labels="true"``
+            they also drive the flow).
+        target: the classifier's training domain (classifier output ``j`` is ``target.classes[j]``).
+        classifier: ``(b, d) -> (b, k)`` scores, e.g. a :class:`FrozenClassifier`.
+        objective: ``"otdd"`` (½ OTDD², fd-fl, Gaussian label cost, debiased Sinkhorn) or ``"mmd-sw"``
+            (½ MMD² with the Riesz SW kernel, uniform class weights, heavy-ball momentum).
+        steps: flow steps.
+        step_size: default 0.5 for ``otdd`` (SGD) and 1.0 for ``mmd-sw`` (momentum 0.9).
+        optimizer: default ``"sgd"`` for ``otdd`` and ``"momentum"`` for ``mmd-sw``.
+        naming: ``"names"`` or ``"correspondence"`` (default: names when every source class name
+            is a target class name).
+        flow_labels: ``"true"`` (supervised) or ``"kmeans"`` (pseudo-labels, unsupervised).
+        embedding: the space k-means clusters in: None (pixels), ``"pca"`` or a callable such as
+            ``model.features``.
+        eval_every: also score the particles every this many steps (into ``curve``).
+        record_every: record the trajectory (for image grids).
+        callbacks: extra ``run_flow`` callbacks (e.g. a progress bar).
+        functional_options: options of :func:`otdd_to` / :func:`mmd_sw_to`.
+        seed: seed of the flow, of k-means and of the SW directions.
+
+    Returns:
+        A :class:`RepurposeResult`.
+    """
+    if objective not in OBJECTIVES:
+        raise InvalidArgumentError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    if flow_labels not in ("true", "kmeans"):
+        raise InvalidArgumentError(f"flow_labels must be 'true' or 'kmeans', got {flow_labels!r}.")
+    shared = set(source.classes) <= set(target.classes)
+    naming = naming or ("names" if shared else "correspondence")
+    if naming not in ("names", "correspondence"):
+        raise InvalidArgumentError(f"naming must be 'names' or 'correspondence', got {naming!r}.")
+    if naming == "names" and not shared:
+        missing = [c for c in source.classes if c not in set(target.classes)]
+        raise InvalidArgumentError(f"naming='names' needs every source class in the target; missing {missing!r}.")
+    target = target.to(device=source.x.device, dtype=source.x.dtype)
+    true_y = source.y.clone()
+    if naming == "names":
+        before = list(source.classes)
+    else:
+        coupling = class_correspondence(source, target)
+        before = [target.classes[j] for j in coupling.argmax(1).tolist()]
+    expected = class_targets(source.classes, before, target.classes)
+    accuracy_before = _score(classifier, source.x, true_y, expected)
+
+    pseudo_accuracy = None
+    flow_source = source
+    if flow_labels == "kmeans":
+        clusters = pseudo_labels(source, target.num_classes, embedding=embedding, seed=seed)
+        flow_source = align_pseudo_labels(clusters, target)
+        aligned = [flow_source.classes[k] for k in flow_source.y.tolist()]
+        truth = [source.classes[k] for k in true_y.tolist()]
+        names = dict(zip(source.classes, before, strict=True))
+        pseudo_accuracy = sum(a == names[t] for a, t in zip(aligned, truth, strict=True)) / len(truth)
+
+    options = dict(functional_options or {})
+    if objective == "otdd":
+        functional = otdd_to(target, **options)
+        step_size = 0.5 if step_size is None else step_size
+        optimizer = optimizer or "sgd"
+        flow_source = flow_source.with_class_weights("proportional")
+    else:
+        options.setdefault("seed", seed)
+        functional = mmd_sw_to(target.with_class_weights("uniform"), **options)
+        step_size = 1.0 if step_size is None else step_size
+        optimizer = optimizer or "momentum"
+        flow_source = flow_source.with_class_weights("uniform")
+
+    curve: list[tuple[int, float]] = []
+
+    def evaluate(step: int, state, info) -> None:
+        if eval_every and step % eval_every == 0:
+            with torch.no_grad():
+                curve.append((step, _score(classifier, state.x.detach(), true_y, expected_now(state))))
+
+    def expected_now(state) -> torch.Tensor:
+        if naming == "names":
+            return expected
+        flowed = state.dataset().with_features(state.x.detach())
+        matched = wow(flowed, target, ground="exact").matched_classes
+        return _per_sample_targets(flow_source, matched, target, true_y, source)
+
+    if eval_every:
+        curve.append((0, accuracy_before))
+    start = time.perf_counter()
+    result = run_flow(
+        functional,
+        flow_source,
+        optimizer=optimizer,
+        step_size=step_size,
+        steps=steps,
+        seed=seed,
+        record_every=record_every,
+        callbacks=[evaluate, *callbacks],
+        optimizer_options={"momentum": 0.9} if optimizer == "momentum" else None,
+    )
+    seconds = time.perf_counter() - start
+    if naming == "names":
+        after = before
+        accuracy_after = _score(classifier, result.final.x, true_y, expected)
+    else:
+        matched = wow(result.final, target, ground="exact").matched_classes
+        per_sample = _per_sample_targets(flow_source, matched, target, true_y, source)
+        accuracy_after = float((predict(classifier, result.final.x).cpu() == per_sample).double().mean())
+        after = _source_matching(flow_source, matched, true_y, source, target)
+    if eval_every and (not curve or curve[-1][0] != result.steps):
+        curve.append((result.steps, accuracy_after))
+    return RepurposeResult(
+        accuracy_before=accuracy_before,
+        accuracy_after=accuracy_after,
+        curve=curve,
+        matching_before=before,
+        matching_after=after,
+        flow=result,
+        flow_labels=flow_labels,
+        naming=naming,
+        pseudo_label_accuracy=pseudo_accuracy,
+        seconds=seconds,
+        config={
+            "objective": objective,
+            "steps": steps,
+            "step_size": step_size,
+            "optimizer": optimizer,
+            "functional": repr(functional),
+            "seed": seed,
+        },
+    )
+
+
+def _per_sample_targets(flow_source, matched, target, true_y, source) -> torch.Tensor:
+    """``(n,)`` the classifier index each sample should get: the target class its *true* class is
+    matched to after the flow (see :func:`_source_matching`)."""
+    mapping = _source_matching(flow_source, matched, true_y, source, target)
+    index = {c: j for j, c in enumerate(target.classes)}
+    return torch.as_tensor([index[m] for m in mapping], dtype=torch.long)[true_y.cpu()]
+
+
+def _source_matching(flow_source, matched, true_y, source, target) -> list[Hashable]:
+    """For each true source class, the target class it is scored against after the flow: the matched
+    class of the flow class (cluster) holding most of its samples."""
+    flow_y = flow_source.y.cpu()
+    counts = torch.zeros(source.num_classes, flow_source.num_classes)
+    counts.index_put_((true_y.cpu(), flow_y), torch.ones(len(flow_y)), accumulate=True)
+    return [matched[k] for k in counts.argmax(1).tolist()]
