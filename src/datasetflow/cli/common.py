@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "torch_device_dtype",
     "load_datasets",
     "captured_warnings",
+    "progress_callback",
 ]
 
 
@@ -169,3 +171,21 @@ def captured_warnings() -> Iterator[list[str]]:
                 text = f"{w.category.__name__}: {w.message}"
                 if text not in messages:
                     messages.append(text)
+
+
+def progress_callback(total: int, initial: int, enabled: bool) -> tuple[Callable[..., None], Callable[[], None]]:
+    """A tqdm bar on stderr driven by a run_flow callback; ``(callback, close)``."""
+    if not enabled:
+        return (lambda step, state, info: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return (lambda step, state, info: None), (lambda: None)
+    bar = tqdm(total=total, initial=initial, file=sys.stderr, desc="flow", unit="step", dynamic_ncols=True)
+
+    def callback(step: int, state: Any, info: dict[str, Any]) -> None:
+        if step > bar.n:
+            bar.update(step - bar.n)
+        bar.set_postfix(objective=f"{info['objective']:.6g}", refresh=False)
+
+    return callback, bar.close

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import describe, jsonable, load_datasets, shape_text, torch_device_dtype
+from .common import describe, jsonable, load_datasets, progress_callback, shape_text, torch_device_dtype
 
 __all__ = [
     "DYNAMICS_NAMES",
@@ -496,24 +496,6 @@ def _figures(result: Any, out: Path, target: Any, warn: Callable[[str], None]) -
     return written
 
 
-def _progress(total: int, initial: int, enabled: bool) -> tuple[Callable[..., None], Callable[[], None]]:
-    """A tqdm bar on stderr driven by a run_flow callback; ``(callback, close)``."""
-    if not enabled:
-        return (lambda step, state, info: None), (lambda: None)
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return (lambda step, state, info: None), (lambda: None)
-    bar = tqdm(total=total, initial=initial, file=sys.stderr, desc="flow", unit="step", dynamic_ncols=True)
-
-    def callback(step: int, state: Any, info: dict[str, Any]) -> None:
-        if step > bar.n:
-            bar.update(step - bar.n)
-        bar.set_postfix(objective=f"{info['objective']:.6g}", refresh=False)
-
-    return callback, bar.close
-
-
 def _read_checkpoint_step(path: Path) -> int:
     import torch
 
@@ -674,7 +656,7 @@ def run_flow_command(
                 stale.unlink()
 
     show_bar = not settings["quiet"] and sys.stderr.isatty()
-    callback, close = _progress(steps, resumed_from or 0, show_bar)
+    callback, close = progress_callback(steps, resumed_from or 0, show_bar)
     try:
         result = run_flow(
             functional,

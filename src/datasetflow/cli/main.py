@@ -5,6 +5,7 @@ Commands::
     datasetflow distance SOURCE TARGET [options]   # OTDD between two datasets
     datasetflow flow SOURCE TARGET --steps N --out DIR [options]   # gradient flow of a dataset
     datasetflow flow --config FILE.yaml [--out DIR] [options]      # the same, from a YAML file
+    datasetflow repurpose [SOURCE TARGET] [options] # frozen classifier before/after a flow
     datasetflow datasets [--data-dir DIR]          # built-in dataset names and availability
     datasetflow --version
 
@@ -561,6 +562,70 @@ def build_cli() -> Any:
             click.echo(f"Warning: {text}", err=True)
         if not params["quiet"]:
             click.echo("\n".join(summary["lines"]))
+
+    # ------------------------------------------------------------------ repurpose
+    @cli.command(cls=OneLineCommand)
+    @click.argument("source", default="usps-mini")
+    @click.argument("target", default="mnist-mini")
+    @click.option(
+        "--classifier",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="FILE.pt",
+        help="A LeNet5 state dict trained on TARGET's classes.  [default: the embedded MNIST LeNet-5]",
+    )
+    @click.option(
+        "--objective",
+        type=click.Choice(["otdd", "mmd-sw"]),
+        default="otdd",
+        show_default=True,
+        help="otdd: OTDD^2/2 (fd-fl, SGD); mmd-sw: MMD^2/2 with the Riesz SW kernel (WoW flow, momentum 0.9).",
+    )
+    @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, metavar="N")
+    @click.option(
+        "--step-size",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Time step.  [default: 0.5 for otdd, 1.0 for mmd-sw]",
+    )
+    @click.option(
+        "--unsupervised",
+        is_flag=True,
+        help="Flow with k-means pseudo-labels (on the classifier's features) instead of SOURCE's labels; the "
+        "labels then only score the result.",
+    )
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/repurpose", show_default=True)
+    @data_options(max_samples_help="Use at most this many samples of each dataset (random, with --seed).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--figures/--no-figures", default=True, show_default=True)
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @click.pass_context
+    def repurpose(ctx: Any, **params: Any) -> None:
+        """Flow SOURCE to TARGET and let a frozen classifier trained on TARGET classify SOURCE before and after.
+
+        By default USPS (embedded subset, resized to 28x28) flows to MNIST (embedded subset) and the
+        embedded MNIST LeNet-5 scores it. Writes DIR/result.json, DIR/final.npz and figures (samples
+        over the flow, objective, accuracy).
+        """
+        import torch
+
+        from .repurpose import run_repurpose_command
+
+        if params["resize"] is None and params["source"] == "usps-mini" and params["target"] == "mnist-mini":
+            params["resize"] = (28, 28)
+        with captured_warnings() as messages:
+            try:
+                lines = run_repurpose_command(params, warn=lambda text: click.echo(f"Warning: {text}", err=True))
+            except DatasetflowError as exc:
+                fail(ctx, exc)
+                return
+            except (MemoryError, torch.OutOfMemoryError) as exc:
+                out_of_memory(ctx, exc, "try --max-samples N.")
+                return
+        for text in messages:
+            click.echo(f"Warning: {text}", err=True)
+        if not params["quiet"]:
+            click.echo("\n".join(lines))
 
     # ------------------------------------------------------------------ datasets
     @cli.command()

@@ -14,7 +14,7 @@ scikit-learn (clustering) and tqdm (progress bars) are imported only when used.
 
 from .classifier import CorrespondenceHead, FrozenClassifier, accuracy, predict
 from .correspondence import class_correspondence, label_distance_matrix, match_classes
-from .lenet import LeNet5, train_classifier
+from .lenet import MNIST_CLASSES, LeNet5, pretrained_mnist_lenet5, train_classifier
 from .pseudo_labels import align_pseudo_labels, embed, pseudo_labels
 from .push_forward import PushForwardMap
 from .repurpose import RepurposeResult, repurpose
@@ -22,6 +22,8 @@ from .repurpose import RepurposeResult, repurpose
 __all__ = [
     "LeNet5",
     "train_classifier",
+    "pretrained_mnist_lenet5",
+    "MNIST_CLASSES",
     "predict",
     "accuracy",
     "FrozenClassifier",

@@ -1,0 +1,172 @@
+"""``datasetflow repurpose``: flow a dataset to a frozen classifier's domain and score it before and after.
+
+The work is :func:`datasetflow.models.repurpose`; this module loads the data and the classifier,
+drives a progress bar and writes the outputs:
+
+* ``DIR/result.json``: accuracy before and after, the accuracy curve, the objective per step, the
+  class matchings and the settings;
+* ``DIR/final.npz``: the flowed samples (``x`` in the source's feature shape, ``y``, ``classes``);
+* ``DIR/images.png`` (samples over time, one column per record), ``DIR/objective.png`` and
+  ``DIR/accuracy.png`` when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import describe, jsonable, load_datasets, progress_callback, torch_device_dtype
+
+__all__ = ["run_repurpose_command"]
+
+
+def _error(message: str) -> Exception:
+    from ..errors import InvalidArgumentError
+
+    return InvalidArgumentError(message)
+
+
+def load_classifier(spec: str | None, target: Any, device: Any) -> Any:
+    """The frozen classifier: the embedded MNIST LeNet-5 (``spec=None``) or a LeNet-5 state dict file."""
+    import torch
+
+    from ..models import MNIST_CLASSES, FrozenClassifier, LeNet5, pretrained_mnist_lenet5
+
+    if spec is None:
+        if target.feature_shape != (28, 28) or tuple(str(c) for c in target.classes) != MNIST_CLASSES:
+            raise _error(
+                "the embedded classifier is an MNIST LeNet-5 (28x28 images, classes '0'..'9'); TARGET has feature "
+                f"shape {target.feature_shape} and classes {list(target.classes)[:10]}. Give --classifier FILE.pt, "
+                "a LeNet5 state dict trained on TARGET's classes."
+            )
+        return pretrained_mnist_lenet5(device)
+    path = Path(spec)
+    if not path.is_file():
+        raise _error(f"--classifier {spec!r}: no such file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported in one line
+        raise _error(f"--classifier {spec!r}: cannot read a state dict ({exc}).") from None
+    model = LeNet5.for_feature_shape(target.feature_shape, target.num_classes)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise _error(
+            f"--classifier {spec!r} is not a LeNet5 state dict for {target.num_classes} classes and images "
+            f"{target.feature_shape}: {first}"
+        ) from None
+    return FrozenClassifier(model.to(device))
+
+
+def _figures(result: Any, out: Path, warn: Callable[[str], None]) -> list[str]:
+    try:
+        from matplotlib.figure import Figure
+
+        from ..viz import image_grid, plot_objective
+    except ImportError as exc:
+        warn(f"figures skipped: {exc}; pip install 'datasetflow[viz]'.")
+        return []
+    written = []
+    flow = result.flow
+    if flow.trajectory is not None and len(flow.final.feature_shape) >= 2:
+        image_grid(flow, path=out / "images.png", per_class=2, title="samples over the flow (columns: steps)")
+        written.append("images.png")
+    plot_objective(flow, path=out / "objective.png")
+    written.append("objective.png")
+    if result.curve:
+        fig = Figure(figsize=(5.2, 3.4))
+        ax = fig.add_subplot(1, 1, 1)
+        steps, acc = zip(*result.curve, strict=True)
+        ax.plot(steps, [100 * a for a in acc], marker="o")
+        ax.set_xlabel("flow step")
+        ax.set_ylabel("frozen classifier accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        fig.savefig(out / "accuracy.png", dpi=110, bbox_inches="tight")
+        written.append("accuracy.png")
+    return written
+
+
+def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]) -> list[str]:
+    """Run the command; returns the summary lines."""
+    import numpy as np
+
+    from ..models import repurpose
+
+    device, dtype = torch_device_dtype(params["device"], params["dtype"])
+    source, target, load_seconds = load_datasets(
+        params["source"],
+        params["target"],
+        data_dir=params["data_dir"],
+        resize=params["resize"],
+        device=device,
+        dtype=dtype,
+        max_samples=params["max_samples"],
+        seed=params["seed"],
+    )
+    classifier = load_classifier(params["classifier"], target, device)
+    out = Path(params["out"])
+    if out.exists() and not out.is_dir():
+        raise _error(f"--out {str(out)!r} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = params["steps"]
+    embedding = None
+    if params["unsupervised"]:
+        import torch
+
+        def embedding(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(classifier.model.features(x), dim=1)
+
+    bar, close = progress_callback(steps, 0, not params["quiet"] and sys.stderr.isatty())
+    try:
+        result = repurpose(
+            source,
+            target,
+            classifier,
+            objective=params["objective"],
+            steps=steps,
+            step_size=params["step_size"],
+            flow_labels="kmeans" if params["unsupervised"] else "true",
+            embedding=embedding,
+            eval_every=max(1, steps // 10),
+            record_every=max(1, steps // 8),
+            callbacks=[bar],
+            seed=params["seed"],
+        )
+    finally:
+        close()
+    final = result.flow.final
+    x = final.x.detach().cpu().numpy().reshape(len(final), *final.feature_shape)
+    np.savez(
+        out / "final.npz",
+        x=x.astype(np.float32),
+        y=final.y.cpu().numpy().astype(np.int64),
+        classes=np.asarray([str(c) for c in final.classes]),
+    )
+    figures = _figures(result, out, warn) if params["figures"] else []
+    payload = {
+        **jsonable(result.to_dict()),
+        "source": describe(source, params["source"]),
+        "target": describe(target, params["target"]),
+        "classifier": params["classifier"] or "embedded MNIST LeNet-5",
+        "load_seconds": load_seconds,
+        "figures": figures,
+    }
+    (out / "result.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    mode = "unsupervised (k-means pseudo-labels)" if params["unsupervised"] else "supervised (source labels)"
+    lines = [
+        f"source    {source.name} (n={len(source)}, classes={source.num_classes}) -> target {target.name} "
+        f"(n={len(target)})",
+        f"flow      {params['objective']}, {mode}, {result.flow.steps} steps, "
+        f"step size {result.config['step_size']:g}, {result.seconds:.1f} s",
+        f"accuracy  before {100 * result.accuracy_before:.1f}%  ->  after {100 * result.accuracy_after:.1f}%  "
+        f"(frozen classifier: {payload['classifier']})",
+    ]
+    if result.pseudo_label_accuracy is not None:
+        lines.append(f"pseudo-labels  {100 * result.pseudo_label_accuracy:.1f}% of the clusters' names are right")
+    lines.append(f"wrote     {out}/  result.json, final.npz" + "".join(f", {f}" for f in figures))
+    return lines
