@@ -206,11 +206,12 @@ def repurpose(
                 curve.append((step, _score(classifier, state.x.detach(), true_y, expected_now(state))))
 
     def expected_now(state) -> torch.Tensor:
+        """``(k',)`` the classifier index each true source class is scored against at this step."""
         if naming == "names":
             return expected
         flowed = state.dataset().with_features(state.x.detach())
         matched = wow(flowed, target, ground="exact").matched_classes
-        return _per_sample_targets(flow_source, matched, target, true_y, source)
+        return class_targets(source.classes, _source_matching(flow_source, matched, true_y, source), target.classes)
 
     if eval_every:
         curve.append((0, accuracy_before))
@@ -232,9 +233,10 @@ def repurpose(
         accuracy_after = _score(classifier, result.final.x, true_y, expected)
     else:
         matched = wow(result.final, target, ground="exact").matched_classes
-        per_sample = _per_sample_targets(flow_source, matched, target, true_y, source)
-        accuracy_after = float((predict(classifier, result.final.x).cpu() == per_sample).double().mean())
-        after = _source_matching(flow_source, matched, true_y, source, target)
+        after = _source_matching(flow_source, matched, true_y, source)
+        accuracy_after = _score(
+            classifier, result.final.x, true_y, class_targets(source.classes, after, target.classes)
+        )
     if eval_every and (not curve or curve[-1][0] != result.steps):
         curve.append((result.steps, accuracy_after))
     return RepurposeResult(
@@ -259,15 +261,7 @@ def repurpose(
     )
 
 
-def _per_sample_targets(flow_source, matched, target, true_y, source) -> torch.Tensor:
-    """``(n,)`` the classifier index each sample should get: the target class its *true* class is
-    matched to after the flow (see :func:`_source_matching`)."""
-    mapping = _source_matching(flow_source, matched, true_y, source, target)
-    index = {c: j for j, c in enumerate(target.classes)}
-    return torch.as_tensor([index[m] for m in mapping], dtype=torch.long)[true_y.cpu()]
-
-
-def _source_matching(flow_source, matched, true_y, source, target) -> list[Hashable]:
+def _source_matching(flow_source, matched, true_y, source) -> list[Hashable]:
     """For each true source class, the target class it is scored against after the flow: the matched
     class of the flow class (cluster) holding most of its samples."""
     flow_y = flow_source.y.cpu()
