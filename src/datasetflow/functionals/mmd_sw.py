@@ -46,8 +46,9 @@ class MMDSWToTarget(Functional):
         projections: explicit ``(L, d)`` directions, used at every step.
         resample: draw fresh directions at every step (default, as in the paper); False keeps
             the first draw (a deterministic objective).
-        target_batch: if set, a minibatch of at most this many target points per class is drawn
-            at every step.
+        target_batch: if set, a minibatch of ``min(target_batch, smallest target class)`` points of
+            every target class is drawn at every step (the same number per class: equal class
+            sizes keep the sliced distances on their fast path).
         seed: seed of the directions and minibatches (their generator is checkpointed).
 
     The target-target term :math:`\sum q q' K(\nu, \nu')` does not depend on the particles.
@@ -166,7 +167,9 @@ class MMDSWToTarget(Functional):
         order = order[torch.argsort(target.y[order], stable=True)]  # random order inside each class
         counts = target.class_counts()
         starts = torch.cumsum(counts, 0) - counts
-        take = counts.clamp_max(self.target_batch)
+        # the same number per class (at most the smallest class): equal sizes keep the sliced
+        # distances on the fast path (one quantile grid, no merging of levels)
+        take = torch.full_like(counts, min(self.target_batch, int(counts.min())))
         picked = torch.cat([order[s : s + t] for s, t in zip(starts.tolist(), take.tolist(), strict=True)])
         return target.x[picked], target.y[picked]
 

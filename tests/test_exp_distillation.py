@@ -1,0 +1,52 @@
+"""experiments/distillation.py runs end to end (``--quick``) and writes its result file and figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "distillation.py"
+MNIST = ROOT.parent / "shared" / "data" / "mnist_test.npz"
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data/mnist_test.npz")
+def test_distillation_quick_run(tmp_path):
+    figures, results = tmp_path / "figures", tmp_path / "results"
+    command = [sys.executable, str(SCRIPT), "--quick", "--threads", "1"]
+    run = subprocess.run(
+        [*command, "--figures", str(figures), "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    payload = json.loads((results / "distillation.json").read_text())
+    assert payload["quick"] is True
+    for key in ("settings", "datasets", "published", "seconds", "peak_rss_mb"):
+        assert key in payload
+    assert set(payload["datasets"]) == {"mnist"}
+    per_p = payload["datasets"]["mnist"]
+    assert set(per_p) == {"1", "10"}
+    for entry in per_p.values():
+        for method in ("distilled", "random_real"):
+            stats = entry[method]
+            assert {"mean", "std", "runs"} <= set(stats)
+            assert all(0.0 <= acc <= 100.0 for acc in stats["runs"])
+            assert 0.0 <= stats["mean"] <= 100.0
+        for key in ("flow_seconds", "objective_first", "objective_last"):
+            assert isinstance(entry[key], float)
+    # chance is 10%: a LeNet-5 trained on 10 images per class does far better
+    assert per_p["10"]["random_real"]["mean"] > 30.0
+    assert payload["published"]["mnist"] == {"1": None, "10": 93.0}
+    assert (figures / "distill_mnist.png").is_file()
+    assert (figures / "distill_objective.png").is_file()
