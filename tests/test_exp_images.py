@@ -1,0 +1,74 @@
+"""experiments/repurpose.py and experiments/wow_da.py run end to end (``--quick``) and write their results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist_test.npz"
+
+
+def _quick(name: str, tmp_path: Path) -> tuple[dict, Path]:
+    figures, results = tmp_path / "figures", tmp_path / "results"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / f"{name}.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--figures",
+            str(figures),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    payload = json.loads((results / f"{name}.json").read_text())
+    assert payload["quick"] is True
+    for key in ("settings", "runs", "published", "seconds", "peak_rss_mb", "environment"):
+        assert key in payload
+    assert payload["settings"]["classifier"]["heldout_accuracy"] > 0.9
+    return payload, figures
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data")
+def test_repurpose_quick(tmp_path):
+    payload, figures = _quick("repurpose", tmp_path)
+    assert set(payload["runs"]) == {"usps", "fashion-mnist"}
+    for runs in payload["runs"].values():
+        for mode in ("supervised", "unsupervised"):
+            run = runs[mode]
+            assert 0.0 <= run["accuracy_before"] <= 1.0 and 0.0 <= run["accuracy_after"] <= 1.0
+            assert run["curve"][0][0] == 0 and len(run["objective"]) == payload["settings"]["steps"]
+        assert runs["unsupervised"]["pseudo_label_accuracy"] is not None
+    # even the 8-step smoke test repairs most of the USPS errors of the frozen MNIST classifier
+    usps = payload["runs"]["usps"]["supervised"]
+    assert usps["accuracy_after"] > usps["accuracy_before"]
+    for file in ("repurpose_usps.png", "repurpose_fashion-mnist.png", "repurpose_curves.png"):
+        assert (figures / file).is_file()
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data")
+def test_wow_da_quick(tmp_path):
+    payload, figures = _quick("wow_da", tmp_path)
+    assert set(payload["runs"]) == {"usps", "fashion-mnist"}
+    for run in payload["runs"].values():
+        steps = [s for s, _ in run["curve"]]
+        assert steps[0] == 0 and steps[-1] == payload["settings"]["steps"]
+        assert all(0.0 <= a <= 1.0 for _, a in run["curve"]) and run["seconds_per_step"] > 0
+    assert (figures / "wow_da_curves.png").is_file()
