@@ -165,6 +165,11 @@ class ClassStats:
         raise InvalidArgumentError("ClassStats holds no covariance (factors, covariances or variances).")
 
 
+def json_name(name: Hashable) -> Any:
+    """A class name as a JSON value: ints, floats, strings, booleans and None as they are, else ``str``."""
+    return name if isinstance(name, (int, float, str, bool)) or name is None else str(name)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())

@@ -25,7 +25,7 @@ import torch
 
 from ..costs.ground import OTDDCost
 from ..costs.linalg import safe_sqrt
-from ..data.dataset import ClassStats, LabeledDataset
+from ..data.dataset import ClassStats, LabeledDataset, json_name
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..solvers.api import METHODS, solve
 from ..solvers.result import OTResult
@@ -72,15 +72,12 @@ class OTDDResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no plan)."""
 
-        def name(c: Hashable) -> Any:
-            return c if isinstance(c, (int, float, str, bool)) or c is None else str(c)
-
         return {
             "distance": float(self.distance.detach()),
             "distance_squared": float(self.distance_squared.detach()),
             "label_distances": self.label_distances.detach().cpu().double().tolist(),
-            "source_classes": [name(c) for c in self.source_classes],
-            "target_classes": [name(c) for c in self.target_classes],
+            "source_classes": [json_name(c) for c in self.source_classes],
+            "target_classes": [json_name(c) for c in self.target_classes],
             "solver": self.ot.diagnostics(),
             "config": dict(self.config),
         }

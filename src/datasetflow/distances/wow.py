@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..costs.linalg import safe_sqrt
-from ..data.dataset import LabeledDataset
+from ..data.dataset import LabeledDataset, json_name
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..solvers.api import solve
 from .label_costs import ExactLabelCost, GaussianLabelCost
@@ -78,18 +78,15 @@ class WoWResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary."""
 
-        def name(c: Hashable) -> Any:
-            return c if isinstance(c, (int, float, str, bool)) or c is None else str(c)
-
         return {
             "distance": float(self.distance.detach()),
             "distance_squared": float(self.distance_squared.detach()),
             "ground": self.ground,
-            "source_classes": [name(c) for c in self.source_classes],
-            "target_classes": [name(c) for c in self.target_classes],
+            "source_classes": [json_name(c) for c in self.source_classes],
+            "target_classes": [json_name(c) for c in self.target_classes],
             "class_costs": self.class_costs.detach().cpu().tolist(),
             "coupling": self.coupling.detach().cpu().tolist(),
-            "matching": [name(c) for c in self.matched_classes],
+            "matching": [json_name(c) for c in self.matched_classes],
         }
 
 

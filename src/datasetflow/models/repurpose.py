@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..data.dataset import LabeledDataset
+from ..data.dataset import LabeledDataset, json_name
 from ..distances.wow import wow
 from ..errors import InvalidArgumentError
 from ..flows.loop import run_flow
@@ -80,15 +80,12 @@ class RepurposeResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no particles)."""
 
-        def name(c: Hashable) -> Any:
-            return c if isinstance(c, (int, float, str, bool)) else str(c)
-
         return {
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
             "curve": [[s, a] for s, a in self.curve],
-            "matching_before": [name(c) for c in self.matching_before],
-            "matching_after": [name(c) for c in self.matching_after],
+            "matching_before": [json_name(c) for c in self.matching_before],
+            "matching_after": [json_name(c) for c in self.matching_after],
             "flow_labels": self.flow_labels,
             "naming": self.naming,
             "pseudo_label_accuracy": self.pseudo_label_accuracy,
