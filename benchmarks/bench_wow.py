@@ -135,6 +135,28 @@ def agreement() -> float:
     return abs(ours_value - pot_value) / pot_value
 
 
+def precision(seeds: int = 5) -> tuple[float, float]:
+    """Largest relative value and gradient difference of ½ MMD² in float32 against float64 over ``seeds``
+    direction draws (embedded USPS -> MNIST)."""
+    from datasetflow import load_dataset, mmd_sw
+
+    source, target = load_dataset("usps-mini", resize=(28, 28)), load_dataset("mnist-mini")
+    worst_value = worst_grad = 0.0
+    for seed in range(seeds):
+        theta = draw_directions(L, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        out = {}
+        for dtype in (torch.float32, torch.float64):
+            x = source.x.to(dtype).clone().requires_grad_()
+            data = source.to(dtype=dtype).with_features(x)
+            value = mmd_sw(data, target.to(dtype=dtype), projections=theta.to(dtype))
+            value.backward()
+            out[dtype] = (float(value.detach()), x.grad.double())
+        (v32, g32), (v64, g64) = out[torch.float32], out[torch.float64]
+        worst_value = max(worst_value, abs(v32 - v64) / abs(v64))
+        worst_grad = max(worst_grad, float((g32 - g64).norm() / g64.norm()))
+    return worst_value, worst_grad
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -164,7 +186,9 @@ def main() -> None:
             f"{name:>24}: ours {t_ours:.4f} s/step, floor {t_floor:.4f} s, x{t_ours / t_floor:.2f}; POT loop {pot_text}"
         )
     diff = agreement()
+    value_err, grad_err = precision()
     print(f"SW2 ours vs POT, same directions: relative difference {diff:.1e}")
+    print(f"float32 vs float64: value {value_err:.1e}, gradient {grad_err:.1e}")
     lines = [
         "## MMD-SW flow step (WoW, issue #4)",
         "",
@@ -184,7 +208,12 @@ def main() -> None:
     lines += [
         "",
         f"SW2 between two clouds (200 and 150 points), ours against POT with the same directions: relative "
-        f"difference {diff:.1e}. Unequal class sizes take the merged-quantile path (one common grid of levels).",
+        f"difference {diff:.1e}. ½ MMD² between the embedded USPS and MNIST subsets in float32 against float64 "
+        f"(same directions; the largest over 5 draws of 500 directions): value {value_err:.1e}, gradient "
+        f"{grad_err:.1e} (relative). The gradient difference comes from the float32 projections and sorts "
+        "(projections that tie in float32 sort differently), not from the Gram product, which is centred and "
+        "checked pair by pair. Unequal class "
+        "sizes take the merged-quantile path (one common grid of levels).",
     ]
     if args.quick:
         print("\n".join(lines))

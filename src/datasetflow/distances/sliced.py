@@ -313,8 +313,9 @@ def pairwise_sliced(
     r"""``(C1, C2)`` :math:`\mathrm{SW}_p^p` between classes given their quantiles on a common grid.
 
     ``quantiles`` are ``(C, K, L)`` and ``steps`` ``(K,)``. For ``p = 2`` the matrix comes from one
-    float64 Gram product (differences of sums, clamped at 0; pairs where the difference cancels are
-    recomputed directly); the diagonal of the symmetric case
+    Gram product in the working precision of the quantiles centred on their mean over classes
+    (differences of sums, clamped at 0), and pairs where the difference still cancels (below
+    1e-3 of the sums in float32, 1e-6 in float64) are recomputed directly in float64; the diagonal of the symmetric case
     (``quantiles2=None``) is exactly 0 with zero gradient. Other ``p`` use the differences directly.
     """
     symmetric = quantiles2 is None
@@ -322,22 +323,30 @@ def pairwise_sliced(
     num_l = quantiles1.shape[2]
     steps = steps.to(device=quantiles1.device, dtype=torch.float64)
     if p == 2.0:
-        if bool((steps == steps[0]).all()):  # equal class sizes: uniform steps, factored out
-            weight = float(steps[0]) / num_l
-            a = quantiles1.double().flatten(1)
-            b = a if symmetric else other.double().flatten(1)
+        # Centre on the mean quantile function of all classes (a common shift changes no difference,
+        # and it is detached: its gradient contribution is exactly zero), so that the Gram product,
+        # in the working precision, adds small numbers.
+        both = quantiles1 if symmetric else torch.cat([quantiles1, other])
+        centre = both.detach().mean(dim=0, keepdim=True)
+        uniform = bool((steps == steps[0]).all())  # equal class sizes: uniform steps, factored out
+        weight = (float(steps[0]) if uniform else 1.0) / num_l
+        root = None if uniform else steps.sqrt().to(quantiles1.dtype)[None, :, None]
+        a = (quantiles1 - centre) if root is None else (quantiles1 - centre) * root
+        a = a.flatten(1)
+        if symmetric:
+            gram = a @ a.T
+            sq_a = sq_b = torch.diagonal(gram)
         else:
-            weight = 1.0 / num_l
-            root = steps.sqrt()[None, :, None]
-            a = (quantiles1.double() * root).flatten(1)
-            b = a if symmetric else (other.double() * root).flatten(1)
-        sq_a = (a * a).sum(1)
-        sq_b = sq_a if symmetric else (b * b).sum(1)
-        scale = weight * (sq_a[:, None] + sq_b[None, :])
-        out = (scale - (2.0 * weight) * (a @ b.T)).clamp_min(0)
-        # where the difference of sums cancels (nearly equal classes), recompute the pair directly so
-        # that SW of a class with itself is exactly 0 and the Riesz kernel's sqrt sees no rounding noise
-        close = out <= 1e-6 * scale
+            b = ((other - centre) if root is None else (other - centre) * root).flatten(1)
+            gram = a @ b.T
+            sq_a, sq_b = (a * a).sum(1), (b * b).sum(1)
+        scale = weight * (sq_a[:, None] + sq_b[None, :]).double()
+        out = (scale - (2.0 * weight) * gram.double()).clamp_min(0)
+        # Where the difference of sums cancels (nearly equal classes, or classes near the centre),
+        # recompute the pair directly in float64: a class is then at exactly 0 from itself and the
+        # Riesz kernel's square root sees no rounding noise.
+        tolerance = 1e-6 if quantiles1.dtype == torch.float64 else 1e-3
+        close = out <= tolerance * scale
         if symmetric:
             close &= ~torch.eye(out.shape[0], dtype=torch.bool, device=out.device)
         if bool(close.any()):
