@@ -39,7 +39,8 @@ RESULTS = ROOT / "results"
 RESULTS_MD = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "figures"
 QUICK = ROOT / "build" / "quick"
-CLASSIFIER_EPOCHS = 20
+CLASSIFIER_EPOCHS = 30
+CLASSIFIER_LR, CLASSIFIER_WEIGHT_DECAY = 2e-3, 1e-4
 MINI_SEED, MINI_PER_CLASS = 0, 50  # the embedded mnist-mini selection (scripts/make_embedded.py)
 
 
@@ -123,14 +124,15 @@ def mnist_classifier(
 ) -> tuple[FrozenClassifier, dict[str, Any]]:
     """The frozen MNIST LeNet-5 of every experiment, trained once on ``mnist_split()[0]`` and cached.
 
-    Adam, lr 1e-3, weight decay 1e-6 (App. C), batch 64, random 2-pixel translations.
+    Adam, lr 2e-3, weight decay 1e-4, batch 64, 30 epochs, random 2-pixel translations (98.6 % on the
+    held-out half; App. C's lr 1e-3, weight decay 1e-6 and 20 epochs gave 97.0 %).
 
-    The cache (``results/models/mnist_lenet5_e<epochs>_s<seed>.pt``, a state dict read with
+    The cache (``results/models/mnist_lenet5_e<epochs>_lr<lr>_s<seed>.pt``, a state dict read with
     ``weights_only=True``) is reused when present. Returns the frozen model and a summary with
     its held-out accuracy.
     """
     train, held = mnist_split(data_dir)
-    cache = cache or RESULTS / "models" / f"mnist_lenet5_e{epochs}_s{seed}.pt"
+    cache = cache or RESULTS / "models" / f"mnist_lenet5_e{epochs}_lr{CLASSIFIER_LR:g}_s{seed}.pt"
     model = LeNet5(num_classes=10)
     start = time.perf_counter()
     if cache.is_file():
@@ -138,7 +140,13 @@ def mnist_classifier(
         trained = False
     else:
         model, _ = train_classifier(
-            train, model=model, epochs=epochs, lr=1e-3, weight_decay=1e-6, seed=seed, augment=True
+            train,
+            model=model,
+            epochs=epochs,
+            lr=CLASSIFIER_LR,
+            weight_decay=CLASSIFIER_WEIGHT_DECAY,
+            seed=seed,
+            augment=True,
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), cache)

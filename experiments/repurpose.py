@@ -59,7 +59,7 @@ GOALS = {
 def main(argv=None) -> None:
     """Run the four flows (two sources x supervised/unsupervised) and write results and figures."""
     args = parse_image_args(__doc__.splitlines()[0], argv)
-    per_class, steps, eval_every = (30, 8, 4) if args.quick else (200, 40, 5)
+    per_class, steps, eval_every = (30, 8, 4) if args.quick else (200, 60, 5)
     started = time.perf_counter()
     classifier, info = mnist_classifier(args.data_dir)
     _, heldout = mnist_split(args.data_dir)
