@@ -123,6 +123,7 @@ def repurpose(
     record_every: int | None = None,
     callbacks: Sequence[Callable] = (),
     functional_options: dict[str, Any] | None = None,
+    class_weights: str = "uniform",
     seed: int = 0,
 ) -> RepurposeResult:
     r"""Flow ``source`` to ``target`` and score a frozen ``classifier`` (trained on ``target``) before and after.
@@ -146,6 +147,9 @@ def repurpose(
         record_every: record the trajectory (for image grids).
         callbacks: extra ``run_flow`` callbacks (e.g. a progress bar).
         functional_options: options of :func:`otdd_to` / :func:`mmd_sw_to`.
+        class_weights: class masses of both datasets during the flow: ``"uniform"`` (default; every
+            class weighs the same, so unequal class counts do not force mass across classes) or
+            ``"proportional"`` (the sample counts).
         seed: seed of the flow, of k-means and of the SW directions.
 
     Returns:
@@ -183,17 +187,21 @@ def repurpose(
         pseudo_accuracy = sum(a == names[t] for a, t in zip(aligned, truth, strict=True)) / len(truth)
 
     options = dict(functional_options or {})
+    if class_weights not in ("uniform", "proportional"):
+        raise InvalidArgumentError(f"class_weights must be 'uniform' or 'proportional', got {class_weights!r}.")
+    # equal class masses on both sides: with unequal class counts (USPS), proportional masses would
+    # force the transport to move part of a class into another class's region
+    flow_source = flow_source.with_class_weights(class_weights)
+    target_weighted = target.with_class_weights(class_weights)
     if objective == "otdd":
-        functional = otdd_to(target, **options)
+        functional = otdd_to(target_weighted, **options)
         step_size = 0.5 if step_size is None else step_size
         optimizer = optimizer or "sgd"
-        flow_source = flow_source.with_class_weights("proportional")
     else:
         options.setdefault("seed", seed)
-        functional = mmd_sw_to(target.with_class_weights("uniform"), **options)
+        functional = mmd_sw_to(target_weighted, **options)
         step_size = 1.0 if step_size is None else step_size
         optimizer = optimizer or "momentum"
-        flow_source = flow_source.with_class_weights("uniform")
 
     curve: list[tuple[int, float]] = []
 
@@ -253,6 +261,7 @@ def repurpose(
             "step_size": step_size,
             "optimizer": optimizer,
             "functional": repr(functional),
+            "class_weights": class_weights,
             "seed": seed,
         },
     )
