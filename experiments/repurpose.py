@@ -150,8 +150,8 @@ def _markdown(payload: dict) -> str:
         f"A frozen LeNet-5 trained on {s['classifier']['train_set']} (held-out MNIST accuracy "
         f"{100 * s['classifier']['heldout_accuracy']:.1f}%) classifies {s['per_class']} images per class of each "
         f"source (at most; USPS has 147 to 359 per class) before and after an OTDD flow to {s['target']} "
-        f"({s['steps']} SGD steps of size {s['step_size']}, fd-fl, {s['class_weights']}). Unsupervised flows use {s['pseudo_labels']}. Command: "
-        "`python experiments/repurpose.py`.",
+        f"({s['steps']} SGD steps of size {s['step_size']}, fd-fl, class masses {s['class_weights']}). "
+        f"Unsupervised flows use {s['pseudo_labels']}. Command: `python experiments/repurpose.py`.",
         "",
         "| source | before | supervised (ours) | supervised (paper) | unsupervised (ours) | unsupervised (paper) "
         "| pseudo-labels right |",
