@@ -53,3 +53,35 @@ def invoke_cli(*args):
     except TypeError:
         runner = CliRunner()
     return runner.invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
+
+
+def run_quick_experiment(name: str, tmp_path: Path, timeout: int = 600) -> tuple[dict, Path, str]:
+    """Run ``experiments/<name>.py --quick`` (one thread) into ``tmp_path``; returns its JSON payload, the
+    figure folder and its standard output."""
+    import json
+    import subprocess
+    import sys
+
+    figures, results = tmp_path / "figures", tmp_path / "results"
+    script = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--quick",
+            "--threads",
+            "1",
+            "--figures",
+            str(figures),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    payload = json.loads((results / f"{name}.json").read_text())
+    assert payload["quick"] is True
+    return payload, figures, run.stdout

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_quick_experiment
 
 pytest.importorskip("matplotlib")
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "distillation.py"
 MNIST = ROOT.parent / "shared" / "data" / "mnist_test.npz"
 
 
 @pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data/mnist_test.npz")
 def test_distillation_quick_run(tmp_path):
-    figures, results = tmp_path / "figures", tmp_path / "results"
-    command = [sys.executable, str(SCRIPT), "--quick", "--threads", "1"]
-    run = subprocess.run(
-        [*command, "--figures", str(figures), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    payload = json.loads((results / "distillation.json").read_text())
+    payload, figures, _ = run_quick_experiment("distillation", tmp_path, timeout=300)
     assert payload["quick"] is True
     for key in ("settings", "datasets", "published", "seconds", "peak_rss_mb"):
         assert key in payload

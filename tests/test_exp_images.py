@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_quick_experiment
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -19,27 +18,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist_test.npz"
 
 
 def _quick(name: str, tmp_path: Path) -> tuple[dict, Path]:
-    figures, results = tmp_path / "figures", tmp_path / "results"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / f"{name}.py"),
-            "--quick",
-            "--threads",
-            "1",
-            "--figures",
-            str(figures),
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    payload = json.loads((results / f"{name}.json").read_text())
-    assert payload["quick"] is True
+    payload, figures, _ = run_quick_experiment(name, tmp_path, timeout=300)
     for key in ("settings", "runs", "published", "seconds", "peak_rss_mb", "environment"):
         assert key in payload
     assert payload["settings"]["classifier"]["heldout_accuracy"] > 0.9

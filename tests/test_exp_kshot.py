@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,33 +15,15 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 from _images import data_available  # noqa: E402
 
+from conftest import run_quick_experiment  # noqa: E402
+
 METHODS = {"target", "target_50ep", "mmdsw", "otdd", "trajectory", "hflow", "finetune", "mmdsw_ft"}
 
 
 @pytest.mark.skipif(not data_available(), reason="the MNIST / USPS / Fashion-MNIST .npz files are not available")
 def test_kshot_quick_run(tmp_path):
-    figures, results = tmp_path / "figures", tmp_path / "results"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(EXPERIMENTS / "kshot.py"),
-            "--quick",
-            "--threads",
-            "1",
-            "--figures",
-            str(figures),
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "MNIST→USPS" in run.stdout and "MNIST→FMNIST" in run.stdout
-
-    payload = json.loads((results / "kshot.json").read_text())
+    payload, figures, stdout = run_quick_experiment("kshot", tmp_path)
+    assert "MNIST→USPS" in stdout and "MNIST→FMNIST" in stdout
     assert {"settings", "tasks", "published", "seconds", "peak_rss_mb"} <= set(payload)
     assert payload["quick"] is True
     assert payload["settings"]["units"] == "accuracy in percent"
