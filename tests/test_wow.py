@@ -336,3 +336,20 @@ def _state(dataset):
     state = FlowState.from_dataset(dataset)
     state.x.requires_grad_()
     return state
+
+
+def test_median_bandwidth_comes_from_the_source_target_matrix():
+    source, target = _labeled((8, 9)), _labeled((7, 10), shift=0.6, seed=13)
+    theta = draw_directions(12, 3, generator=_gen(16), dtype=torch.float64)
+    cross = class_sliced_wasserstein(source, target, projections=theta)
+    median = float(cross[cross > 0].median())
+    assert float(mmd_sw(source, target, kernel="gaussian", projections=theta)) == pytest.approx(
+        float(mmd_sw(source, target, kernel="gaussian", bandwidth=median, projections=theta)), rel=1e-12
+    )
+
+
+def test_building_the_functional_leaves_the_global_random_state_alone():
+    target = _labeled((5, 5))
+    before = torch.random.get_rng_state()
+    mmd_sw_to(target, n_projections=20)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -23,7 +23,7 @@ import torch
 from ..data.dataset import LabeledDataset
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .kernels import SWKernel, get_kernel
-from .sliced import _check_p, _directions, _on_grid, common_grid, pairwise_sliced, sort_classes
+from .sliced import _directions, _on_grid, common_grid, pairwise_sliced, sort_classes
 
 __all__ = ["mmd_sw", "class_masses", "mmd_from_quantiles"]
 
@@ -56,7 +56,7 @@ def mmd_from_quantiles(
     r""":math:`\tfrac12\mathrm{MMD}_K^2` from class quantiles on a common grid.
 
     Args:
-        kernel: the kernel (its bandwidth is fitted on the source-target matrix if missing).
+        kernel: the kernel; a missing bandwidth is fitted here, on the source-target SW matrix.
         source, target: ``(C, K, L)`` and ``(C', K, L)`` quantiles on the common grid ``steps`` ``(K,)``.
         source_masses, target_masses: ``(C,)`` and ``(C',)`` class masses.
         target_term: the constant :math:`\sum q q' K(\nu, \nu')` if already known.
@@ -68,17 +68,15 @@ def mmd_from_quantiles(
     num_source = source.shape[0]
     if target_term is None:
         # one symmetric matrix over all classes of both sides: source-source, source-target, target-target
-        both = kernel(pairwise_sliced(torch.cat([source, target.to(source)]), None, steps, p))
+        sw = pairwise_sliced(torch.cat([source, target.to(source)]), None, steps, p)
+        kernel.fit_bandwidth(sw[:num_source, num_source:])
+        both = kernel(sw)
         target_term = target_masses @ both[num_source:, num_source:] @ target_masses
     else:
         # the target-target block is not needed: two products, source-source and source-target
-        both = torch.cat(
-            [
-                kernel(pairwise_sliced(source, None, steps, p)),
-                kernel(pairwise_sliced(source, target, steps, p)),
-            ],
-            dim=1,
-        )
+        cross_sw = pairwise_sliced(source, target, steps, p)
+        kernel.fit_bandwidth(cross_sw)
+        both = torch.cat([kernel(pairwise_sliced(source, None, steps, p)), kernel(cross_sw)], dim=1)
     self_source, cross = both[:num_source, :num_source], both[:num_source, num_source:]
     value = 0.5 * (
         source_masses @ self_source @ source_masses + target_term - 2.0 * (source_masses @ cross @ target_masses)
@@ -132,7 +130,6 @@ def mmd_sw(
     if source.dim != target.dim:
         raise ShapeMismatchError(f"source has dimension {source.dim} but target has {target.dim}.")
     kern = get_kernel(kernel, bandwidth=bandwidth, exponent=exponent)
-    _check_p(kern.order)
     x2 = target.x.to(device=source.x.device, dtype=source.x.dtype)
     # explicit projections take precedence over the default count
     theta = _directions(

@@ -38,6 +38,7 @@ __all__ = [
     "class_sliced_wasserstein",
     "draw_directions",
     "check_projections",
+    "check_n_projections",
     "SortedClasses",
     "sort_classes",
     "pairwise_sliced",
@@ -63,12 +64,18 @@ def draw_directions(
         dim: the dimension ``d``.
         generator: a seeded ``torch.Generator`` (on ``device``) for reproducible draws.
     """
-    if isinstance(n_projections, bool) or not isinstance(n_projections, (int, np.integer)) or n_projections < 1:
-        raise InvalidArgumentError(f"n_projections must be a positive int (L >= 1), got {n_projections!r}.")
+    check_n_projections(n_projections)
     if generator is not None and device is None:
         device = generator.device
     theta = torch.randn(int(n_projections), dim, generator=generator, dtype=dtype, device=device)
     return theta / theta.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+
+
+def check_n_projections(n_projections: Any) -> int:
+    """``n_projections`` as an int after checking it is a positive integer (``L >= 1``)."""
+    if isinstance(n_projections, bool) or not isinstance(n_projections, (int, np.integer)) or n_projections < 1:
+        raise InvalidArgumentError(f"n_projections must be a positive int (L >= 1), got {n_projections!r}.")
+    return int(n_projections)
 
 
 def check_projections(projections: Any, dim: int, *, like: torch.Tensor) -> torch.Tensor:
@@ -230,8 +237,8 @@ class SortedClasses:
     counts: torch.Tensor
 
 
-def _class_index(y: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(C, r)`` row indices of each class's samples (padding points at row ``n``) and the padding mask."""
+def _class_index(y: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``(C, r)`` row indices of each class's samples, padding slots pointing at row ``n``."""
     n = y.shape[0]
     rows = int(counts.max())
     order = torch.argsort(y, stable=True)
@@ -239,28 +246,19 @@ def _class_index(y: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, t
     position = torch.arange(rows, device=y.device)[None, :]
     valid = position < counts[:, None]
     index = (starts[:, None] + position).clamp_max(n - 1)
-    index = torch.where(valid, order[index], torch.full_like(index, n))
-    return index, valid
+    return torch.where(valid, order[index], torch.full_like(index, n))
 
 
-def sort_classes(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, theta: torch.Tensor, *, index=None
-) -> SortedClasses:
-    """Project ``x`` ``(n, d)`` on ``theta`` ``(L, d)`` with one matrix product and sort per class.
-
-    ``index`` is the cached ``(C, r)`` output of the class grouping (recomputed when None).
-    """
+def sort_classes(x: torch.Tensor, y: torch.Tensor, num_classes: int, theta: torch.Tensor) -> SortedClasses:
+    """Project ``x`` ``(n, d)`` on ``theta`` ``(L, d)`` with one matrix product and sort per class."""
     counts = torch.bincount(y, minlength=num_classes)
     if bool((counts == 0).any()):
         raise EmptyDatasetError(f"classes {torch.nonzero(counts == 0).flatten().tolist()} have no samples.")
     projected = x @ theta.T  # (n, L)
     if int(counts.min()) == int(counts.max()):
-        if index is None:
-            index = torch.argsort(y, stable=True).reshape(num_classes, -1)
-        grouped = projected[index]
+        grouped = projected[torch.argsort(y, stable=True).reshape(num_classes, -1)]
     else:
-        if index is None:
-            index = _class_index(y, counts)[0]
+        index = _class_index(y, counts)
         padded = torch.cat([projected, projected.new_full((1, projected.shape[1]), float("inf"))])
         grouped = padded[index]  # padding sorts last
     return SortedClasses(grouped.sort(dim=1).values, counts)

@@ -20,10 +20,10 @@ from ..distances.mmd import class_masses, mmd_from_quantiles
 from ..distances.sliced import (
     DEFAULT_PROJECTIONS,
     _on_grid,
+    check_n_projections,
     check_projections,
     common_grid,
     draw_directions,
-    pairwise_sliced,
     sort_classes,
 )
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -88,9 +88,8 @@ class MMDSWToTarget(Functional):
                 )
         else:
             self.projections = None
-            # validated here so that a bad L fails before the flow starts
-            draw_directions(DEFAULT_PROJECTIONS if n_projections is None else n_projections, 1)
-        self.n_projections = DEFAULT_PROJECTIONS if n_projections is None else int(n_projections)
+        # validated here so that a bad L fails before the flow starts
+        self.n_projections = check_n_projections(DEFAULT_PROJECTIONS if n_projections is None else n_projections)
         if target_batch is not None and (
             isinstance(target_batch, bool) or not isinstance(target_batch, int) or target_batch < 1
         ):
@@ -195,8 +194,6 @@ class MMDSWToTarget(Functional):
                 target_sorted = sort_classes(tx, ty, self.target.num_classes, theta)
             if fixed_target:
                 self._target_cache = target_sorted
-        if self.kernel.has_bandwidth and self.kernel.bandwidth is None:
-            self._fit_bandwidth(source_sorted, target_sorted)
         steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
         value, target_term = mmd_from_quantiles(
             self.kernel,
@@ -210,17 +207,6 @@ class MMDSWToTarget(Functional):
         if fixed_target:
             self._target_term = target_term.detach()
         return value
-
-    def _fit_bandwidth(self, source_sorted, target_sorted) -> None:
-        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
-        with torch.no_grad():
-            sw = pairwise_sliced(
-                _on_grid(source_sorted, index1).detach(),
-                _on_grid(target_sorted, index2),
-                steps,
-                float(self.kernel.order),
-            )
-        self.kernel.fit_bandwidth(sw)
 
 
 def mmd_sw_to(target: LabeledDataset, **options: Any) -> MMDSWToTarget:

@@ -96,8 +96,9 @@ class RepurposeResult:
         }
 
 
-def class_targets(source_classes: Sequence[Hashable], matching: Sequence[Hashable], target_classes) -> torch.Tensor:
-    """``(k',)`` long: the index, among the classifier's classes, that each source class is scored against."""
+def class_targets(matching: Sequence[Hashable], target_classes: Sequence[Hashable]) -> torch.Tensor:
+    """``(k',)`` long: the index among ``target_classes`` (the classifier's outputs) of each source class's
+    matched class ``matching[c]``."""
     index = {c: j for j, c in enumerate(target_classes)}
     return torch.as_tensor([index[m] for m in matching], dtype=torch.long)
 
@@ -173,7 +174,7 @@ def repurpose(
     else:
         coupling = class_correspondence(source, target)
         before = [target.classes[j] for j in coupling.argmax(1).tolist()]
-    expected = class_targets(source.classes, before, target.classes)
+    expected = class_targets(before, target.classes)
     accuracy_before = _score(classifier, source.x, true_y, expected)
 
     pseudo_accuracy = None
@@ -216,7 +217,7 @@ def repurpose(
             return expected
         flowed = state.dataset().with_features(state.x.detach())
         matched = wow(flowed, target, ground="exact").matched_classes
-        return class_targets(source.classes, _source_matching(flow_source, matched, true_y, source), target.classes)
+        return class_targets(_source_matching(flow_source, matched, true_y, source), target.classes)
 
     if eval_every:
         curve.append((0, accuracy_before))
@@ -239,9 +240,7 @@ def repurpose(
     else:
         matched = wow(result.final, target, ground="exact").matched_classes
         after = _source_matching(flow_source, matched, true_y, source)
-        accuracy_after = _score(
-            classifier, result.final.x, true_y, class_targets(source.classes, after, target.classes)
-        )
+        accuracy_after = _score(classifier, result.final.x, true_y, class_targets(after, target.classes))
     if eval_every and (not curve or curve[-1][0] != result.steps):
         curve.append((result.steps, accuracy_after))
     return RepurposeResult(
