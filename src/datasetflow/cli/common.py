@@ -7,11 +7,13 @@ inside the functions, so that ``datasetflow --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "load_datasets",
     "captured_warnings",
     "progress_callback",
+    "write_final_npz",
+    "write_json_atomic",
 ]
 
 
@@ -189,3 +193,31 @@ def progress_callback(total: int, initial: int, enabled: bool) -> tuple[Callable
         bar.set_postfix(objective=f"{info['objective']:.6g}", refresh=False)
 
     return callback, bar.close
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)
+
+
+def write_final_npz(path: Path, result: Any) -> None:
+    """Write a flow's final particles atomically: ``x`` in the feature shape, ``y`` (int64), ``classes``."""
+    import numpy as np
+
+    final = result.final
+    x = final.x.detach().cpu().numpy().reshape(len(final), *final.feature_shape)
+    y = final.y.detach().cpu().numpy().astype(np.int64)
+    classes = np.asarray([str(c) for c in final.classes], dtype=str)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, x=x, y=y, classes=classes)
+
+    _write_atomic(path, write)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as strict JSON (tensors and non-finite floats converted), atomically."""
+    text = json.dumps(jsonable(payload), indent=1, allow_nan=False)
+    _write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))

@@ -17,7 +17,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import describe, jsonable, load_datasets, progress_callback, shape_text, torch_device_dtype
+from .common import (
+    describe,
+    jsonable,
+    load_datasets,
+    progress_callback,
+    shape_text,
+    torch_device_dtype,
+    write_final_npz,
+    write_json_atomic,
+)
 
 __all__ = [
     "DYNAMICS_NAMES",
@@ -428,32 +437,6 @@ def _dynamics_options(settings: dict[str, Any], origin: dict[str, str], where: s
 
 
 # ---------------------------------------------------------------------- outputs
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    tmp.replace(path)
-
-
-def _write_final(path: Path, result: Any) -> None:
-    import numpy as np
-
-    final = result.final
-    x = final.x.detach().cpu().numpy().reshape(len(final), *final.feature_shape)
-    y = final.y.detach().cpu().numpy().astype(np.int64)
-    classes = np.asarray([str(c) for c in final.classes], dtype=str)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x=x, y=y, classes=classes)
-
-    _write_atomic(path, write)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(jsonable(payload), indent=1, allow_nan=False)
-    _write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
-
-
 def _figures(result: Any, out: Path, target: Any, warn: Callable[[str], None]) -> list[str]:
     """Objective curve, flow scatter + GIF (d <= 3) and image grid (images); failures only warn."""
     try:
@@ -650,7 +633,7 @@ def run_flow_command(
     trajectory_dir = out / TRAJECTORY_DIR if record_every is not None else None
     if not settings["resume"]:  # a fresh run replaces whatever an earlier run left in DIR
         (out / CHECKPOINT_NAME).unlink(missing_ok=True)
-        _write_json(out / SETTINGS_FILE, {k: run_settings[k] for k in _RESUME_KEYS})
+        write_json_atomic(out / SETTINGS_FILE, {k: run_settings[k] for k in _RESUME_KEYS})
         if trajectory_dir is not None and trajectory_dir.is_dir():
             for stale in trajectory_dir.glob("step_*.npz"):
                 stale.unlink()
@@ -682,7 +665,7 @@ def run_flow_command(
     finally:
         close()
 
-    _write_final(out / "final.npz", result)
+    write_final_npz(out / "final.npz", result)
     written = ["final.npz", "history.json"]
     if (out / CHECKPOINT_NAME).is_file():
         written.append(CHECKPOINT_NAME)
@@ -699,7 +682,7 @@ def run_flow_command(
         "settings": run_settings,
         "figures": figure_files,
     }
-    _write_json(out / "history.json", history)
+    write_json_atomic(out / "history.json", history)
     written += figure_files
 
     objective = result.objective

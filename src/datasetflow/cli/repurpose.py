@@ -12,13 +12,20 @@ drives a progress bar and writes the outputs:
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import describe, jsonable, load_datasets, progress_callback, torch_device_dtype
+from .common import (
+    describe,
+    jsonable,
+    load_datasets,
+    progress_callback,
+    torch_device_dtype,
+    write_final_npz,
+    write_json_atomic,
+)
 
 __all__ = ["run_repurpose_command"]
 
@@ -93,7 +100,6 @@ def _figures(result: Any, out: Path, warn: Callable[[str], None]) -> list[str]:
 
 def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]) -> list[str]:
     """Run the command; returns the summary lines."""
-    import numpy as np
 
     from ..models import repurpose
 
@@ -139,14 +145,7 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         )
     finally:
         close()
-    final = result.flow.final
-    x = final.x.detach().cpu().numpy().reshape(len(final), *final.feature_shape)
-    np.savez(
-        out / "final.npz",
-        x=x.astype(np.float32),
-        y=final.y.cpu().numpy().astype(np.int64),
-        classes=np.asarray([str(c) for c in final.classes]),
-    )
+    write_final_npz(out / "final.npz", result.flow)
     figures = _figures(result, out, warn) if params["figures"] else []
     payload = {
         **jsonable(result.to_dict()),
@@ -156,7 +155,7 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         "load_seconds": load_seconds,
         "figures": figures,
     }
-    (out / "result.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(out / "result.json", payload)
     mode = "unsupervised (k-means pseudo-labels)" if params["unsupervised"] else "supervised (source labels)"
     lines = [
         f"source    {source.name} (n={len(source)}, classes={source.num_classes}) -> target {target.name} "
