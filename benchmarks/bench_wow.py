@@ -28,10 +28,10 @@ from pathlib import Path
 import ot
 import torch
 from _report import write_section
+from datasetflow.functionals.state import FlowState
 
 from datasetflow import LabeledDataset, mmd_sw_to
 from datasetflow.distances import draw_directions
-from datasetflow.functionals.state import FlowState
 
 ROOT = Path(__file__).resolve().parents[1]
 L, D = 500, 784

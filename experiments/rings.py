@@ -75,7 +75,7 @@ def main(argv=None) -> None:
         functional = mmd_sw_to(target, n_projections=projections, seed=0, **options)
         result = run_flow(functional, source, optimizer="sgd", step_size=TAU, steps=steps, record_every=record_every)
         seconds = timer()
-        matching = wow(result.final, target, ground="exact")
+        matching = wow(result.final, target, inner="exact")
         to_rings = class_sliced_wasserstein(result.final, target, n_projections=2000, seed=1)
         mean_sw = float(torch.diagonal(to_rings[:, matching.matching]).mean())
         gif = args.out / f"rings_{stem}.gif"

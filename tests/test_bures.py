@@ -89,9 +89,7 @@ def test_sample_factors_equal_covariance_path(gen):
         covariances=stats.covariance_matrices(),
     )
     cost = GaussianLabelCost()
-    torch.testing.assert_close(
-        cost.pairwise(ds, source_stats=stats), cost.pairwise(ds, source_stats=cov_stats), rtol=1e-8, atol=1e-8
-    )
+    torch.testing.assert_close(cost.pairwise(stats), cost.pairwise(cov_stats), rtol=1e-8, atol=1e-8)
 
 
 def test_symmetric_mode_has_zero_diagonal(gen):
@@ -176,7 +174,7 @@ def test_ridge_regularises_single_sample_class(gen):
     with pytest.warns(UserWarning, match="single sample"):
         stats = ds.class_stats()
     assert torch.all(stats.covariance_matrices()[0] == 0)
-    matrix = GaussianLabelCost(ridge=0.5).pairwise(ds, source_stats=stats)
+    matrix = GaussianLabelCost(ridge=0.5).pairwise(stats)
     assert torch.isfinite(matrix).all() and matrix[0, 1] > 0
 
 

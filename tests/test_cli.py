@@ -6,8 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,6 @@ pytest.importorskip("click.testing")
 import datasetflow.cli.main as cli_main  # noqa: E402
 from conftest import invoke_cli  # noqa: E402
 from datasetflow.data import DATA_DIR_ENV, list_builtin_datasets  # noqa: E402
-from datasetflow.errors import DatasetflowWarning  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +128,7 @@ def test_library_errors_and_missing_files(tmp_path):
     ("args", "fragment"),
     [
         (["--resize", "28by28"], "--resize"),
-        (["--inner", "bures"], "--inner"),
+        (["--inner", "gromov"], "--inner"),
         (["--reg", "-1"], "--reg"),
         (["--device", "gpu"], "--device"),
     ],
@@ -171,49 +168,24 @@ def test_missing_click_exits_2_with_install_hint(monkeypatch, capsys):
     assert "pip install 'datasetflow[cli]'" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------------- output formats, with a stub OTDD
-@dataclass
-class _StubOT:
-    n_iter: int = 7
-    converged: bool = False
-    marginal_error: float = 1e-3
-    reg: float | None = 0.5
-    method: str = "sinkhorn"
-
-
-@dataclass
-class _StubResult:
-    distance_squared: torch.Tensor
-    distance: torch.Tensor
-    label_distances: torch.Tensor
-    source_classes: tuple
-    target_classes: tuple
-    ot: _StubOT
-
-
-def _stub_otdd(source, target, *, inner="gaussian", outer="sinkhorn", reg=None, debiased=True, **_):
-    labels = torch.arange(source.num_classes * target.num_classes, dtype=torch.float32)
-    labels = labels.reshape(source.num_classes, target.num_classes).flip(1)
-    warnings.warn("stub did not converge", DatasetflowWarning, stacklevel=2)
-    value = torch.tensor(4.0)
-    return _StubResult(value, value.sqrt(), labels, source.classes, target.classes, _StubOT())
-
-
+# ---------------------------------------------------------------------- output formats
 @pytest.mark.fast
-def test_large_label_tables_show_the_closest_class_and_warnings_are_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_main, "_load_otdd", lambda: _stub_otdd)
+def test_large_label_tables_show_the_closest_class_and_warnings_are_reported(tmp_path):
+    # 20 classes of one point each: every covariance is undefined, so the library warns (and sets them to 0)
     path = tmp_path / "many.npz"
-    np.savez(path, x=np.arange(40.0).reshape(20, 2), y=np.arange(20), classes=np.array([f"c{k}" for k in range(20)]))
-    result = invoke("distance", str(path), str(path))
-    assert result.exit_code == 0
+    x = np.arange(40.0).reshape(20, 2)
+    np.savez(path, x=x, y=np.arange(20), classes=np.array([f"c{k}" for k in range(20)]))
+    other = tmp_path / "other.npz"
+    np.savez(other, x=x[::-1].copy(), y=np.arange(20), classes=np.array([f"d{k}" for k in range(20)]))
+    result = invoke("distance", str(path), str(other), "--outer", "exact")
+    assert result.exit_code == 0, result.stderr
     assert "closest target class for each source class (20 x 20" in result.stdout
-    assert "c0" in result.stdout and "->  c19  (0)" in result.stdout
-    assert "converged=NO" in result.stdout
-    assert "Warning: DatasetflowWarning: stub did not converge" in result.stderr
-    out = json.loads(invoke("distance", str(path), str(path), "--json").stdout)
-    assert out["distance"] == 2.0 and out["solver"]["n_iter"] == 7
-    assert out["warnings"] == ["DatasetflowWarning: stub did not converge"]
-    assert out["settings"]["outer"] == "sinkhorn"  # the library's default, read from its signature
+    assert "c0" in result.stdout and "->  d19  (0)" in result.stdout
+    assert "Warning: DegenerateClassWarning:" in result.stderr and "single sample" in result.stderr
+    out = json.loads(invoke("distance", str(path), str(other), "--json", "--outer", "exact").stdout)
+    assert out["distance_squared"] == pytest.approx(0.0, abs=1e-4) and out["solver"]["method"] == "exact"
+    assert out["warnings"] and all(w.startswith("DegenerateClassWarning:") for w in out["warnings"])
+    assert out["settings"]["outer"] == "exact" and out["settings"]["inner"] == "gaussian"
 
 
 # ---------------------------------------------------------------------- the installed entry point
@@ -236,7 +208,7 @@ def test_wow_distance_json_and_summary():
     result = invoke("distance", "usps-mini", "mnist-mini", "--resize", "28x28", "--method", "wow", "--json")
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["method"] == "wow" and out["ground"] == "exact"
+    assert out["method"] == "wow" and out["inner"] == "exact"
     assert math.isclose(out["distance"] ** 2, out["distance_squared"], rel_tol=1e-5)
     coupling = np.asarray(out["coupling"])
     assert coupling.shape == (10, 10) and np.allclose(coupling.sum(1), 0.1, atol=1e-6)
@@ -249,18 +221,18 @@ def test_wow_distance_json_and_summary():
         "28x28",
         "--method",
         "wow",
-        "--ground",
+        "--inner",
         "sliced",
         "--projections",
         "50",
     )
     assert text.exit_code == 0, text.stderr
-    assert "WoW distance" in text.stdout and "class matching" in text.stdout and "ground=sliced" in text.stdout
+    assert "WoW distance" in text.stdout and "class matching" in text.stdout and "inner=sliced" in text.stdout
 
 
 @pytest.mark.fast
 def test_wow_rejects_otdd_options_and_vice_versa():
-    result = invoke("distance", "usps-mini", "usps-mini", "--method", "wow", "--inner", "exact")
-    assert result.exit_code == 2 and "--inner apply to --method otdd only" in result.stderr
-    result = invoke("distance", "usps-mini", "usps-mini", "--ground", "bures")
-    assert result.exit_code == 2 and "--method wow only" in result.stderr
+    result = invoke("distance", "usps-mini", "usps-mini", "--method", "wow", "--outer", "exact")
+    assert result.exit_code == 2 and "--outer apply to --method otdd only" in result.stderr
+    result = invoke("distance", "usps-mini", "usps-mini", "--projections", "10")
+    assert result.exit_code == 2 and "--inner sliced only" in result.stderr

@@ -121,8 +121,14 @@ def test_resume_refuses_changed_settings_and_a_checkpoint_past_steps(blobs, tmp_
     assert "seed=1 (was 0)" in line
     line = _one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST, "--resume"))
     assert "step 4" in line and "--steps 2" in line
-    # a fresh run without checkpoints replaces the old run: nothing of it is left to resume from
-    assert invoke("flow", source, target, "--steps", "2", "--out", out, *FAST, "--checkpoint-every", "0").exit_code == 0
+    # a new run in the same directory is refused unless --overwrite, which replaces the old run
+    line = _one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST))
+    assert "holds another run" in line and "--overwrite" in line and "--resume" in line
+    assert (out / "checkpoint.pt").exists()
+    replaced = invoke(
+        "flow", source, target, "--steps", "2", "--out", out, *FAST, "--checkpoint-every", "0", "--overwrite"
+    )
+    assert replaced.exit_code == 0, replaced.stderr
     assert not (out / "checkpoint.pt").exists()
     assert "no checkpoint" in _one_line_error(invoke("flow", source, target, "--steps", "4", "--out", out, "--resume"))
 
@@ -269,7 +275,7 @@ def test_jd_vl_with_reclustering(blobs, tmp_path):
     result = invoke("flow", source, target, "--steps", "4", "--out", out, *args, "--no-figures", "-q")
     assert result.exit_code == 0, result.stderr
     history = json.loads((out / "history.json").read_text())
-    assert history["settings"]["dynamics_options"] == {"clustering": "kmeans", "recluster_every": 2, "seed": 0}
+    assert history["settings"]["dynamics_options"] == {"clustering": "kmeans", "recluster_every": 2}
     with np.load(out / "final.npz") as final:
         assert final["y"].max() < len(final["classes"]) and final["x"].shape == (60, 2)
 
@@ -382,11 +388,12 @@ def test_mmd_sw_term_in_a_config_and_otdd_options_are_flagged(blobs, tmp_path):
         out,
         "--objective",
         "mmd-sw",
-        "--inner",
+        "--outer",
         "exact",
         "--no-figures",
+        "--overwrite",
     )
-    assert ignored.exit_code == 0 and "--inner ignored" in ignored.stderr
+    assert ignored.exit_code == 0 and "--outer ignored" in ignored.stderr
 
 
 @pytest.mark.fast

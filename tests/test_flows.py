@@ -8,7 +8,7 @@ import torch
 
 from datasetflow import LabeledDataset, collapse, entropy, otdd, otdd_to, potential, run_flow
 from datasetflow.errors import InvalidArgumentError, ShapeMismatchError
-from datasetflow.flows import FlowDivergedError
+from datasetflow.flows import FlowDivergedError, load_checkpoint
 from datasetflow.functionals import Functional
 
 
@@ -233,17 +233,17 @@ def test_nan_mid_flow_stops_and_saves_last_good_state(pair, tmp_path):
         run_flow(functional, source, steps=100, step_size=1.0, checkpoint_dir=tmp_path)
     step = info.value.step
     assert 0 < step < 100 and info.value.checkpoint is not None
-    saved = torch.load(info.value.checkpoint, weights_only=True)
-    assert saved["step"] == step
+    saved = load_checkpoint(info.value.checkpoint)
+    assert saved["step"] == step and saved["diverged"] is True
     assert np.isfinite(saved["params"]["x"].numpy()).all()
 
 
 @pytest.mark.fast
 def test_reclustering_keeps_label_ids():
-    from datasetflow.flows.dynamics import _match_previous
+    from datasetflow.flows.dynamics import match_previous_labels
 
     previous = np.array([0, 0, 1, 1, 2, 2])
     swapped = np.array([2, 2, 0, 0, 1, 1])  # same partition, other ids
-    assert _match_previous(swapped, previous).tolist() == previous.tolist()
+    assert match_previous_labels(swapped, previous).tolist() == previous.tolist()
     merged = np.array([0, 0, 0, 0, 1, 1])  # classes 0 and 1 merged
-    assert _match_previous(merged, previous).tolist() == [0, 0, 0, 0, 1, 1]
+    assert match_previous_labels(merged, previous).tolist() == [0, 0, 0, 0, 1, 1]

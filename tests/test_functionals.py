@@ -7,6 +7,7 @@ import torch
 
 from datasetflow import LabeledDataset
 from datasetflow.errors import InvalidArgumentError, ShapeMismatchError
+from datasetflow.flows import FlowState
 from datasetflow.functionals import (
     SumFunctional,
     ball_constraint,
@@ -19,7 +20,6 @@ from datasetflow.functionals import (
     potential,
     quadratic_repulsion,
 )
-from datasetflow.functionals.state import FlowState
 
 pytestmark = pytest.mark.fast
 

@@ -9,18 +9,20 @@ from torch import nn
 from datasetflow import LabeledDataset, otdd
 from datasetflow.errors import InvalidArgumentError, ShapeMismatchError
 from datasetflow.flows import FlowResult, Trajectory
+from datasetflow.labels import (
+    align_pseudo_labels,
+    class_correspondence,
+    label_distance_matrix,
+    match_classes,
+    pseudo_labels,
+)
 from datasetflow.models import (
     CorrespondenceHead,
     FrozenClassifier,
     LeNet5,
     PushForwardMap,
     accuracy,
-    align_pseudo_labels,
-    class_correspondence,
-    label_distance_matrix,
-    match_classes,
     predict,
-    pseudo_labels,
     train_classifier,
 )
 

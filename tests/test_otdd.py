@@ -241,7 +241,7 @@ def test_bad_reg_rejected(small_pair, reg):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"inner": "bures"}, "gaussian"),
+        ({"inner": "gromov"}, "gaussian"),
         ({"outer": "emd"}, "exact"),
         ({"feature_weight": -1.0}, "feature_weight"),
         ({"label_weight": float("inf")}, "label_weight"),
@@ -255,5 +255,5 @@ def test_bad_options_rejected(small_pair, kwargs, match):
 
 def test_cloud_label_costs_refuse_stats(small_pair):
     source, target = small_pair
-    with pytest.raises(InvalidArgumentError, match="GaussianLabelCost"):
+    with pytest.raises(InvalidArgumentError, match="Gaussian label cost"):
         otdd(source, target, inner=SinkhornLabelCost(), source_stats=source.class_stats())

@@ -20,8 +20,8 @@ from datasetflow import (
     sliced_wasserstein,
     wow,
 )
-from datasetflow.distances import draw_directions
 from datasetflow.errors import EmptyDatasetError, InvalidArgumentError, ShapeMismatchError
+from datasetflow.solvers.sliced import draw_directions
 
 KERNELS = ["riesz", "gaussian", "riesz-r", "laplace", "imq"]
 
@@ -260,7 +260,7 @@ def test_wow_matches_pot_on_hand_built_cost():
             xs, xt = source.x[source.y == c].numpy(), target.x[target.y == k].numpy()
             costs[c, k] = ot.emd2(np.full(len(xs), 1 / len(xs)), np.full(len(xt), 1 / len(xt)), ot.dist(xs, xt))
     p, q = source.class_weights().numpy(), target.class_weights().numpy()
-    result = wow(source, target, ground="exact")
+    result = wow(source, target, inner="exact")
     assert np.allclose(result.class_costs.numpy(), costs, rtol=1e-10)
     assert float(result.distance_squared) == pytest.approx(ot.emd2(p, q, costs), rel=1e-10)
     assert np.allclose(result.coupling.sum(1).numpy(), p) and np.allclose(result.coupling.sum(0).numpy(), q)
@@ -276,11 +276,11 @@ def test_wow_matching_recovers_a_class_permutation(ground):
         [f"s{mapping[c]}" for c in target.labels],
         classes=["s0", "s1", "s2", "s3"],
     )
-    result = wow(source, target, ground=ground)
+    result = wow(source, target, inner=ground)
     assert result.matched_classes == [1, 3, 0, 2]
     relabelled = result.relabel(source)
     assert relabelled.labels == target.labels
-    assert float(wow(target, target, ground=ground).distance) == pytest.approx(0.0, abs=1e-6)
+    assert float(wow(target, target, inner=ground).distance) == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -309,8 +309,8 @@ def test_bad_input_errors():
         LabeledDataset(torch.randn(4, 3), [0, 0, 1, 1], classes=[0, 1, 2])
     with pytest.raises(EmptyDatasetError):
         sliced_wasserstein(torch.zeros(0, 3), target.x)
-    with pytest.raises(InvalidArgumentError, match="ground must be one of"):
-        wow(source, target, ground="gromov")
+    with pytest.raises(InvalidArgumentError, match="label cost must be one of"):
+        wow(source, target, inner="gromov")
     with pytest.raises(ShapeMismatchError):
         wow(source, _labeled((4, 4), dim=2))
 
@@ -331,7 +331,7 @@ def test_target_term_is_computed_once_with_fixed_directions_and_values_stay_non_
 
 
 def _state(dataset):
-    from datasetflow.functionals.state import FlowState
+    from datasetflow.flows import FlowState
 
     state = FlowState.from_dataset(dataset)
     state.x.requires_grad_()

@@ -1,26 +1,13 @@
 """datasetflow: optimal-transport distances and gradient flows of labeled datasets.
 
-Layers (imports run one way): ``data -> costs -> solvers -> distances -> (functionals,
-flows) -> (cli, viz, experiments)``.
+The package is layered; imports run one way. The order, and what each layer holds, is written
+once, in ``docs/architecture.md`` (a test reads it).
 """
 
 from . import errors
 from .costs import CostOperator, DenseCost, OTDDCost
 from .data import ClassStats, LabeledDataset, load_dataset, load_npz
-from .distances import (
-    ExactLabelCost,
-    GaussianLabelCost,
-    LabelCost,
-    OTDDResult,
-    SinkhornLabelCost,
-    SWKernel,
-    WoWResult,
-    class_sliced_wasserstein,
-    mmd_sw,
-    otdd,
-    sliced_wasserstein,
-    wow,
-)
+from .distances import OTDDResult, WoWResult, mmd_sw, otdd, wow
 from .errors import DatasetflowError
 from .flows import FlowResult, run_flow
 from .functionals import (
@@ -29,6 +16,7 @@ from .functionals import (
     class_repulsion,
     collapse,
     entropy,
+    from_config,
     hyperplane_margin,
     interaction,
     mmd_sw_to,
@@ -37,7 +25,18 @@ from .functionals import (
     potential,
     quadratic_repulsion,
 )
+from .labels import (
+    ExactLabelCost,
+    GaussianLabelCost,
+    LabelCost,
+    SinkhornLabelCost,
+    SlicedLabelCost,
+    SWKernel,
+    class_sliced_wasserstein,
+    get_label_cost,
+)
 from .solvers import OTResult, solve
+from .solvers.sliced import sliced_wasserstein
 
 __version__ = "0.1.0"
 
@@ -57,6 +56,8 @@ __all__ = [
     "GaussianLabelCost",
     "ExactLabelCost",
     "SinkhornLabelCost",
+    "SlicedLabelCost",
+    "get_label_cost",
     "sliced_wasserstein",
     "class_sliced_wasserstein",
     "SWKernel",
@@ -68,6 +69,7 @@ __all__ = [
     "run_flow",
     "FlowResult",
     "Functional",
+    "from_config",
     "otdd_to",
     "potential",
     "interaction",

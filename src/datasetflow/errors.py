@@ -14,6 +14,8 @@ __all__ = [
     "ShapeMismatchError",
     "EmptyDatasetError",
     "NonFiniteError",
+    "RegularizationError",
+    "DivergenceError",
     "DataFormatError",
     "DatasetflowWarning",
     "DegenerateClassWarning",
@@ -39,6 +41,15 @@ class EmptyDatasetError(DatasetflowError, ValueError):
 
 class NonFiniteError(DatasetflowError, ValueError):
     """An input holds NaN or Inf values."""
+
+
+class RegularizationError(InvalidArgumentError):
+    """An entropic regularisation is too small (underflows) or too large (loses the value) for the cost scale
+    in the working precision."""
+
+
+class DivergenceError(DatasetflowError, FloatingPointError):
+    """An iterative process (a flow) is diverging: its values grew without bound or became NaN/Inf."""
 
 
 class DataFormatError(DatasetflowError, ValueError):

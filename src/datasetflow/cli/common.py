@@ -7,6 +7,7 @@ inside the functions, so that ``datasetflow --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import sys
@@ -26,6 +27,8 @@ __all__ = [
     "torch_device_dtype",
     "load_datasets",
     "captured_warnings",
+    "WarningLog",
+    "os_error_text",
     "progress_callback",
     "write_final_npz",
     "write_json_atomic",
@@ -161,20 +164,36 @@ def load_datasets(
     return src, tgt, seconds
 
 
+class WarningLog:
+    """The warnings recorded so far by :func:`captured_warnings`, as deduplicated ``"Category: message"`` strings."""
+
+    def __init__(self, records: list) -> None:
+        self._records = records
+
+    @property
+    def messages(self) -> list[str]:
+        """The messages, in order, without repeats."""
+        out: list[str] = []
+        for w in self._records:
+            text = f"{w.category.__name__}: {w.message}"
+            if text not in out:
+                out.append(text)
+        return out
+
+
 @contextlib.contextmanager
-def captured_warnings() -> Iterator[list[str]]:
-    """Record every warning raised inside the block; yields a list filled, deduplicated, on exit
-    with ``"Category: message"`` strings."""
-    messages: list[str] = []
+def captured_warnings() -> Iterator[WarningLog]:
+    """Record every warning raised inside the block."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            yield messages
-        finally:
-            for w in caught:
-                text = f"{w.category.__name__}: {w.message}"
-                if text not in messages:
-                    messages.append(text)
+        yield WarningLog(caught)
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and why."""
+    path = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}." if path else f"{reason}."
 
 
 def progress_callback(total: int, initial: int, enabled: bool) -> tuple[Callable[..., None], Callable[[], None]]:
@@ -195,12 +214,6 @@ def progress_callback(total: int, initial: int, enabled: bool) -> tuple[Callable
     return callback, bar.close
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    tmp.replace(path)
-
-
 def write_final_npz(path: Path, result: Any) -> None:
     """Write a flow's final particles atomically: ``x`` in the feature shape, ``y`` (int64), ``classes``."""
     import numpy as np
@@ -210,14 +223,15 @@ def write_final_npz(path: Path, result: Any) -> None:
     y = final.y.detach().cpu().numpy().astype(np.int64)
     classes = np.asarray([str(c) for c in final.classes], dtype=str)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x=x, y=y, classes=classes)
+    from ..utils import write_atomic
 
-    _write_atomic(path, write)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y, classes=classes)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as strict JSON (tensors and non-finite floats converted), atomically."""
-    text = json.dumps(jsonable(payload), indent=1, allow_nan=False)
-    _write_atomic(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    from ..utils import write_atomic
+
+    write_atomic(path, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")

@@ -32,12 +32,13 @@ __all__ = [
     "DYNAMICS_NAMES",
     "OPTIMIZER_NAMES",
     "SCHEDULE_NAMES",
-    "TERM_TYPES",
     "CONFIG_ONLY_KEYS",
     "CLI_ONLY_PARAMS",
     "read_config",
     "merge_settings",
+    "resolve_terms",
     "run_flow_command",
+    "register",
 ]
 
 #: Names offered by ``--dynamics``, ``--optimizer`` and ``--schedule`` (the flow registries' keys;
@@ -46,35 +47,22 @@ DYNAMICS_NAMES = ("fd-fl", "jd-fl", "jd-vl")
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
 SCHEDULE_NAMES = ("constant", "cosine", "exponential", "step")
 
-#: Term type -> (required keys, optional keys); every term also takes ``type`` and ``weight``.
-#: ``None`` for otdd: the keyword options of :func:`datasetflow.distances.otdd`.
-TERM_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
-    "otdd": ((), None),
-    "ball": (("center", "radius"), ()),
-    "repulsion": ((), ("scale",)),
-    "quadratic_repulsion": ((), ()),
-    "collapse": (("dims",), ()),
-    "hyperplane": (("normal",), ("bias",)),
-    "norm": ((), ("matrix", "offset", "classes")),
-    "entropy": (("sigma",), ()),
-    "mmd_sw": ((), ("kernel", "bandwidth", "exponent", "n_projections", "resample", "target_batch", "seed")),
-}
-
 #: Config keys that have no command-line option.
 CONFIG_ONLY_KEYS = ("dynamics_options", "optimizer_options", "functional")
 #: Command-line parameters that a config file cannot set.
-CLI_ONLY_PARAMS = ("config", "resume", "quiet")
+CLI_ONLY_PARAMS = ("config", "resume", "quiet", "overwrite")
 #: Top-level settings that configure the default functional (OTDD to the target + entropy).
 _OTDD_SETTINGS = ("inner", "outer", "reg", "label_weight")
+#: Of those, the ones the MMD-SW objective ignores (it takes ``inner`` too).
+_OTDD_ONLY = ("outer", "reg", "label_weight")
 #: Top-level settings of the MMD-SW objective (``--objective mmd-sw``) -> the term's key.
 _MMD_SETTINGS = {
+    "inner": "inner",
     "kernel": "kernel",
     "bandwidth": "bandwidth",
     "projections": "n_projections",
     "target_batch": "target_batch",
 }
-#: Term types that need a target dataset.
-_TARGET_TERMS = ("otdd", "mmd_sw")
 _JD_VL_SETTINGS = ("clustering", "recluster_every")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = (
@@ -93,8 +81,9 @@ _RESUME_KEYS = (
     "functional",
     "objective",
 )
-SETTINGS_FILE = "settings.json"
 TRAJECTORY_DIR = "trajectory"
+#: Files a run writes in its directory; a new run refuses a directory holding any of them without --overwrite.
+RUN_FILES = ("checkpoint.pt", "history.json", "final.npz", TRAJECTORY_DIR)
 
 
 def _error(message: str) -> Exception:
@@ -203,56 +192,6 @@ def merge_settings(
 
 
 # ---------------------------------------------------------------------- the functional
-def _otdd_option_names() -> tuple[str, ...]:
-    import inspect
-
-    from ..distances import otdd
-
-    skip = {"source", "target", "source_stats", "target_stats"}
-    return tuple(name for name in inspect.signature(otdd).parameters if name not in skip)
-
-
-def _term_keys(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    required, optional = TERM_TYPES[kind]
-    return required, _otdd_option_names() if optional is None else optional
-
-
-def _normalize_terms(terms: Any, where: str) -> list[dict[str, Any]]:
-    """Check the structure of a ``functional:`` list: mappings with a known ``type``, known keys,
-    the required keys present and numbers where numbers are needed."""
-    if not isinstance(terms, list) or not terms:
-        raise _error(f"{where}functional: must be a non-empty list of terms such as {{type: otdd}}, got {terms!r}.")
-    out = []
-    for i, term in enumerate(terms):
-        at = f"{where}functional[{i}]"
-        if not isinstance(term, dict):
-            raise _error(f"{at}: a term must be a mapping with a 'type' key, got {term!r}.")
-        kind = term.get("type")
-        if kind not in TERM_TYPES:
-            raise _error(f"{at}.type: unknown term type {kind!r}; valid types are {list(TERM_TYPES)}.")
-        required, optional = _term_keys(kind)
-        valid = ("type", "weight", *required, *optional)
-        unknown = [str(k) for k in term if k not in valid]
-        if unknown:
-            raise _error(f"{at}: unknown key(s) {unknown} for type {kind!r}; valid keys are {list(valid)}.")
-        missing = [k for k in required if k not in term]
-        if missing:
-            raise _error(f"{at}: type {kind!r} needs the key(s) {missing}.")
-        weight = term.get("weight", 1.0)
-        if not _is_number(weight) or not weight >= 0:
-            raise _error(f"{at}.weight: must be a non-negative number, got {weight!r}.")
-        for key in ("radius", "scale", "sigma", "bias"):
-            if key in term and not _is_number(term[key]):
-                raise _error(f"{at}.{key}: must be a number, got {term[key]!r}.")
-        if kind == "repulsion" and "scale" in term and not term["scale"] > 0:
-            raise _error(f"{at}.scale: must be positive, got {term['scale']!r}.")
-        for key in ("radius", "sigma"):
-            if key in term and not term[key] >= 0:
-                raise _error(f"{at}.{key}: must be non-negative, got {term[key]!r}.")
-        out.append({"type": kind, "weight": float(weight), **{k: v for k, v in term.items() if k not in valid[:2]}})
-    return out
-
-
 def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) -> tuple[list[dict], list[str]]:
     """The functional as a list of term mappings, with the top-level settings applied.
 
@@ -270,12 +209,12 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
     objective = settings.get("objective") or "otdd"
     if settings["functional"] is None:
         if objective == "mmd-sw":
-            given = [k for k in _OTDD_SETTINGS if origin.get(k) in ("cli", "config")]
+            given = [k for k in _OTDD_ONLY if origin.get(k) in ("cli", "config")]
             if given:
                 notes.append(", ".join("--" + k.replace("_", "-") for k in given) + " ignored: --objective mmd-sw.")
             terms = [{"type": "mmd_sw", "weight": 1.0, "seed": int(settings["seed"]), **mmd_options}]
         else:
-            given = [k for k in _MMD_SETTINGS if origin.get(k) in ("cli", "config")]
+            given = [k for k in _MMD_SETTINGS if k != "inner" and origin.get(k) in ("cli", "config")]
             if given:
                 notes.append(", ".join("--" + k.replace("_", "-") for k in given) + " ignored: --objective otdd.")
             otdd_options = {k: settings[k] for k in _OTDD_SETTINGS if settings[k] is not None}
@@ -289,24 +228,24 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
             f"{prefix}{in_config} given at the top level next to a 'functional' list; put them in its "
             "otdd term (inner, outer, reg, label_weight) or entropy term (sigma)."
         )
-    terms = _normalize_terms(settings["functional"], prefix)
+    from ..functionals import normalize_terms
+
+    terms = normalize_terms(settings["functional"], where)
+    otdd_terms = [t for t in terms if t["type"] == "otdd"]
+    mmd_terms = [t for t in terms if t["type"] == "mmd_sw"]
     overrides = {k: settings[k] for k in _OTDD_SETTINGS if origin.get(k) == "cli"}
-    if overrides:
-        otdd_terms = [t for t in terms if t["type"] == "otdd"]
-        if not otdd_terms:
-            options = ", ".join("--" + k.replace("_", "-") for k in overrides)
-            notes.append(f"{options} ignored: the functional has no otdd term.")
-        for term in otdd_terms:
-            term.update(overrides)
     mmd_overrides = {_MMD_SETTINGS[k]: settings[k] for k in _MMD_SETTINGS if origin.get(k) == "cli"}
-    if mmd_overrides:
-        mmd_terms = [t for t in terms if t["type"] == "mmd_sw"]
-        if not mmd_terms:
-            notes.append(
-                "--kernel/--bandwidth/--projections/--target-batch ignored: the functional has no mmd_sw term."
-            )
-        for term in mmd_terms:
-            term.update(mmd_overrides)
+    for term in otdd_terms:
+        term.update(overrides)
+    for term in mmd_terms:
+        term.update(mmd_overrides)
+    unused = [k for k in overrides if not otdd_terms and not (k == "inner" and mmd_terms)]
+    unused += [k for k in _MMD_SETTINGS if k != "inner" and origin.get(k) == "cli" and not mmd_terms]
+    if unused:
+        options = ", ".join("--" + k.replace("_", "-") for k in unused)
+        notes.append(
+            f"{options} ignored: the functional has no term that takes {'it' if len(unused) == 1 else 'them'}."
+        )
     if origin.get("noise") == "cli":
         terms = [t for t in terms if t["type"] != "entropy"]
         if settings["noise"]:
@@ -314,106 +253,9 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
     return terms, notes
 
 
-def _vector(value: Any, at: str, dim: int, what: str) -> list[float]:
-    import numpy as np
-
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise _error(f"{at}: {what} must be a list of {dim} numbers, got {value!r}.") from None
-    if arr.shape != (dim,):
-        raise _error(f"{at}: {what} must have {dim} entries (the feature dimension d={dim}), got shape {arr.shape}.")
-    return arr.tolist()
-
-
-def _array(value: Any, at: str, shapes: list[tuple[int, ...]]) -> list:
-    import numpy as np
-
-    valid = " or ".join(str(s) for s in shapes)
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise _error(f"{at}: must be a numeric array of shape {valid}, got {value!r}.") from None
-    if arr.shape not in shapes:
-        raise _error(f"{at}: must have shape {valid} (d={shapes[0][-1]}), got shape {arr.shape}.")
-    return arr.tolist()
-
-
-def build_functional(terms: list[dict[str, Any]], source: Any, target: Any, where: str) -> Any:
-    """The :class:`~datasetflow.functionals.Functional` of a term list, with the term parameters
-    checked against the source's dimension and classes."""
-    from .. import functionals as fn
-
-    prefix = f"{where}: " if where else ""
-    d, classes = source.dim, source.classes
-    parts = []
-    for i, term in enumerate(terms):
-        at = f"{prefix}functional[{i}]"
-        kind = term["type"]
-        options = {k: v for k, v in term.items() if k not in ("type", "weight")}
-        if kind == "otdd":
-            if target is None:
-                raise _error(f"{at}: an otdd term needs a target dataset (TARGET, or 'target' in the config).")
-            part = fn.otdd_to(target, **options)
-        elif kind == "ball":
-            part = fn.ball_constraint(_vector(options["center"], f"{at}.center", d, "center"), options["radius"])
-        elif kind == "repulsion":
-            part = fn.class_repulsion(**options)
-        elif kind == "quadratic_repulsion":
-            part = fn.quadratic_repulsion()
-        elif kind == "collapse":
-            dims = options["dims"]
-            dims = [dims] if isinstance(dims, int) and not isinstance(dims, bool) else dims
-            if not isinstance(dims, list) or not dims or not all(isinstance(k, int) and -d <= k < d for k in dims):
-                raise _error(f"{at}.dims: must be a list of coordinate indices in 0..{d - 1}, got {options['dims']!r}.")
-            part = fn.collapse(dims)
-        elif kind == "hyperplane":
-            if len(classes) != 2:
-                raise _error(f"{at}: a hyperplane term needs a source with 2 classes, got {len(classes)}.")
-            part = fn.hyperplane_margin(_vector(options["normal"], f"{at}.normal", d, "normal"), options.get("bias", 0))
-        elif kind == "norm":
-            c = len(classes)
-            matrix = options.get("matrix")
-            offset = options.get("offset")
-            if matrix is not None:
-                matrix = _array(matrix, f"{at}.matrix", [(d, d), (c, d, d)])
-            if offset is not None:
-                offset = _array(offset, f"{at}.offset", [(d,), (c, d)])
-            picked = options.get("classes")
-            if picked is not None:
-                picked = [
-                    _class_index(k, classes, f"{at}.classes")
-                    for k in (picked if isinstance(picked, list) else [picked])
-                ]
-            part = fn.norm_potential(matrix, offset, classes=picked)
-        elif kind == "mmd_sw":
-            if target is None:
-                raise _error(f"{at}: an mmd_sw term needs a target dataset (TARGET, or 'target' in the config).")
-            part = fn.mmd_sw_to(target, **options)
-        else:  # entropy
-            part = fn.entropy(options["sigma"])
-        parts.append(part if term["weight"] == 1.0 else term["weight"] * part)
-    return sum(parts[1:], start=parts[0])
-
-
-def _class_index(value: Any, classes: tuple, at: str) -> int:
-    names = [str(c) for c in classes]
-    if value in classes:
-        return classes.index(value)
-    if str(value) in names:
-        return names.index(str(value))
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
-        return value
-    raise _error(f"{at}: {value!r} is neither a source class {names} nor a class index in 0..{len(classes) - 1}.")
-
-
-def _dynamics_options(settings: dict[str, Any], origin: dict[str, str], where: str) -> dict[str, Any]:
-    """``dynamics_options`` with ``--clustering`` / ``--recluster-every`` (jd-vl) merged in and the
-    option names checked against the dynamics class."""
-    import inspect
-
-    from ..flows import DYNAMICS
-
+def _dynamics_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """``dynamics_options`` with ``--clustering`` / ``--recluster-every`` (jd-vl) merged in (the library
+    checks the option names)."""
     name = settings["dynamics"]
     options = dict(settings["dynamics_options"])
     given = {k: settings[k] for k in _JD_VL_SETTINGS if settings[k] is not None}
@@ -422,17 +264,6 @@ def _dynamics_options(settings: dict[str, Any], origin: dict[str, str], where: s
         verb = "applies" if len(given) == 1 else "apply"
         raise _error(f"{flags} {verb} to --dynamics jd-vl only (got --dynamics {name}).")
     options.update(given)
-    valid = [
-        p.name
-        for p in inspect.signature(DYNAMICS[name].__init__).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = [str(k) for k in options if k not in valid]
-    if unknown:
-        at = f"{where}: dynamics_options" if origin.get("dynamics_options") == "config" else "dynamics options"
-        raise _error(f"{at}: unknown option(s) {unknown} for dynamics {name!r}; valid options are {valid}.")
-    if name == "jd-vl":
-        options.setdefault("seed", settings["seed"])  # k-means seed follows --seed
     return options
 
 
@@ -479,20 +310,10 @@ def _figures(result: Any, out: Path, target: Any, warn: Callable[[str], None]) -
     return written
 
 
-def _read_checkpoint_step(path: Path) -> int:
-    import torch
-
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return int(saved["step"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-        raise _error(f"--resume: cannot read the checkpoint {path}: {type(exc).__name__}: {exc}") from None
-
-
 def _check_resume(out: Path, run_settings: dict[str, Any], steps: int) -> int:
-    """The checkpoint's step, after checking that it exists, is not past ``steps`` and was made
-    with the same settings (``settings.json`` of the first run)."""
-    from ..flows.loop import CHECKPOINT_NAME
+    """The checkpoint's step, after checking that it exists, is readable, is not past ``steps`` and was
+    made with the same settings (those stored in the checkpoint itself)."""
+    from ..flows.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     checkpoint = out / CHECKPOINT_NAME
     if not checkpoint.is_file():
@@ -500,39 +321,65 @@ def _check_resume(out: Path, run_settings: dict[str, Any], steps: int) -> int:
             f"--resume: no checkpoint in {str(out)!r} (expected {CHECKPOINT_NAME}); start the flow without --resume "
             "(checkpoints are saved every --checkpoint-every steps)."
         )
-    stored_file = out / SETTINGS_FILE
-    if stored_file.is_file():
-        try:
-            stored = json.loads(stored_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stored = None
-        if isinstance(stored, dict):
-            now = jsonable({k: run_settings[k] for k in _RESUME_KEYS})
-            changed = [
-                f"{k}={json.dumps(now[k])} (was {json.dumps(stored.get(k))})"
-                for k in _RESUME_KEYS
-                if k in stored and stored[k] != now[k]
-            ]
-            if changed:
-                raise _error(
-                    f"--resume: the settings differ from those of the run in {str(out)!r} ({SETTINGS_FILE}): "
-                    f"{'; '.join(changed)}. Resume with the same settings, or start a new run without --resume."
-                )
-    step = _read_checkpoint_step(checkpoint)
+    saved = load_checkpoint(checkpoint)
+    stored = saved.get("settings", {})
+    now = jsonable({k: run_settings[k] for k in _RESUME_KEYS})
+    changed = [
+        f"{k}={json.dumps(now[k])} (was {json.dumps(stored.get(k))})" for k in _RESUME_KEYS if stored.get(k) != now[k]
+    ]
+    if changed:
+        raise _error(
+            f"--resume: the settings differ from those of the run in {str(out)!r} (stored in its checkpoint): "
+            f"{'; '.join(changed)}. Resume with the same settings, or start a new run without --resume."
+        )
+    step = int(saved.get("step", -1))
     if step > steps:
         raise _error(f"--resume: the checkpoint is at step {step}, past --steps {steps}; ask for at least {step}.")
+    config = saved.get("config", {})
+    if config.get("schedule") == "cosine" and config.get("steps") != steps:
+        raise _error(
+            f"--resume: the cosine schedule of this run spans {config.get('steps')} steps, so resuming to --steps "
+            f"{steps} would change it; resume with --steps {config.get('steps')}, or start a new run with --steps "
+            f"{steps} to get the straight-run result."
+        )
     return step
 
 
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Create the output directory, refusing one that holds another run unless ``overwrite`` (or ``resume``)."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise _error(f"--out {str(out)!r} exists and is not a directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _error(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}.") from None
+    if not os.access(out, os.W_OK):
+        raise _error(f"--out {str(out)!r} is not writable.")
+    if resume:
+        return
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise _error(
+            f"--out {str(out)!r} holds another run ({', '.join(existing)}); continue it with --resume, choose another "
+            "--out, or pass --overwrite to replace it."
+        )
+    for name in existing:  # --overwrite: the user asked for the old run to go
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
 def _interrupted_message(out: Path) -> str:
-    from ..flows.loop import CHECKPOINT_NAME
+    from ..errors import DatasetflowError
+    from ..flows.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     checkpoint = out / CHECKPOINT_NAME
     if not checkpoint.is_file():
         return "interrupted before the first checkpoint; nothing to resume from."
     try:
-        step = f" (step {_read_checkpoint_step(checkpoint)})"
-    except Exception:  # noqa: BLE001 - the message is only a hint
+        step = f" (step {int(load_checkpoint(checkpoint)['step'])})"
+    except (DatasetflowError, KeyError, TypeError, ValueError):
         step = ""
     return f"interrupted; run the same command with --resume to continue from the last checkpoint{step}."
 
@@ -563,10 +410,12 @@ def run_flow_command(
         A summary for the command's output: ``lines`` (text) and ``history`` (what was written).
 
     Raises:
-        DatasetflowError: bad settings or data, missing checkpoint, divergence, ...
+        DatasetflowError: bad settings or data, missing or mismatched checkpoint, divergence (after
+            writing the outputs of the last good state), ...
     """
-    from ..flows import run_flow
-    from ..flows.loop import CHECKPOINT_NAME
+    from ..flows import Checkpointer, FlowDivergedError, run_flow
+    from ..flows.checkpoint import CHECKPOINT_NAME
+    from ..functionals import from_config, target_terms
 
     source_spec, target_spec = settings["source"], settings["target"]
     if source_spec is None:
@@ -583,13 +432,13 @@ def run_flow_command(
     terms, notes = resolve_terms(settings, origin, where)
     for note in notes:
         warn(note)
-    needs_target = any(t["type"] in _TARGET_TERMS for t in terms)
+    needs_target = [t["type"] for t in terms if t["type"] in target_terms()]
     if needs_target and target_spec is None:
-        kinds = sorted({t["type"] for t in terms if t["type"] in _TARGET_TERMS})
         raise _error(
-            f"no TARGET dataset: the functional's {'/'.join(kinds)} term needs one (TARGET, or 'target' in the config)."
+            f"no TARGET dataset: the functional's {'/'.join(sorted(set(needs_target)))} term needs one (TARGET, or "
+            "'target' in the config)."
         )
-    dynamics_options = _dynamics_options(settings, origin, where)
+    dynamics_options = _dynamics_options(settings)
     checkpoint_every = settings["checkpoint_every"]
     if checkpoint_every is None:
         checkpoint_every = max(1, steps // 10)
@@ -608,9 +457,9 @@ def run_flow_command(
         "record_every": record_every,
         "config": where or None,
     }
-    resumed_from = None
-    if settings["resume"]:
-        resumed_from = _check_resume(out, run_settings, steps)
+    resume = bool(settings["resume"])
+    resumed_from = _check_resume(out, run_settings, steps) if resume else None
+    _prepare_out(out, resume, bool(settings.get("overwrite")))
 
     device, dtype = torch_device_dtype(settings["device"], settings["dtype"])
     source, target, load_seconds = load_datasets(
@@ -627,19 +476,16 @@ def run_flow_command(
         # the class-mixture (WoW) view: every class weighs the same, samples are uniform inside a class
         source = source.with_class_weights("uniform")
         target = target.with_class_weights("uniform")
-    functional = build_functional(terms, source, target, where)
+    functional = from_config(terms, source=source, target=target, where=where)
 
-    out.mkdir(parents=True, exist_ok=True)
     trajectory_dir = out / TRAJECTORY_DIR if record_every is not None else None
-    if not settings["resume"]:  # a fresh run replaces whatever an earlier run left in DIR
-        (out / CHECKPOINT_NAME).unlink(missing_ok=True)
-        write_json_atomic(out / SETTINGS_FILE, {k: run_settings[k] for k in _RESUME_KEYS})
-        if trajectory_dir is not None and trajectory_dir.is_dir():
-            for stale in trajectory_dir.glob("step_*.npz"):
-                stale.unlink()
-
     show_bar = not settings["quiet"] and sys.stderr.isatty()
     callback, close = progress_callback(steps, resumed_from or 0, show_bar)
+    callbacks = [callback]
+    if checkpoint_every or resume:
+        stored = jsonable({k: run_settings[k] for k in _RESUME_KEYS})
+        callbacks.append(Checkpointer(out, checkpoint_every or None, resume=resume, settings=stored))
+    diverged = None
     try:
         result = run_flow(
             functional,
@@ -653,13 +499,12 @@ def run_flow_command(
             seed=settings["seed"],
             record_every=record_every,
             trajectory_dir=trajectory_dir,
-            checkpoint_every=checkpoint_every or None,
-            checkpoint_dir=out,
-            resume=bool(settings["resume"]),
-            callbacks=[callback],
+            callbacks=callbacks,
             dynamics_options=dynamics_options,
             optimizer_options=settings["optimizer_options"],
         )
+    except FlowDivergedError as exc:  # keep what the flow produced, then report the divergence
+        diverged, result = exc, exc.result
     except KeyboardInterrupt:
         raise KeyboardInterrupt(_interrupted_message(out)) from None
     finally:
@@ -674,16 +519,18 @@ def run_flow_command(
     figure_files = _figures(result, out, target, warn) if figures else []
     history = {
         **result.history(),
-        "resumed_from": resumed_from,
         "load_seconds": load_seconds,
         "source": describe(source, source_spec),
         "target": describe(target, target_spec) if target is not None else None,
         "final_classes": [str(c) for c in result.final.classes],
         "settings": run_settings,
         "figures": figure_files,
+        "diverged": None if diverged is None else str(diverged),
     }
     write_json_atomic(out / "history.json", history)
     written += figure_files
+    if diverged is not None:
+        raise _error(f"{diverged} The last good particles are in {out / 'final.npz'}; try a smaller --step-size.")
 
     objective = result.objective
     first = f"{objective[0]:.6g}" if objective else "n/a"
@@ -705,3 +552,186 @@ def run_flow_command(
         f"wrote     {out}{os.sep}  {', '.join(written)}",
     ]
     return {"lines": lines, "history": history}
+
+
+# ---------------------------------------------------------------------- the click command
+def register(cli: Any) -> None:
+    """Add the ``flow`` command to the click group ``cli``."""
+    import click
+
+    from .options import (
+        OneLineCommand,
+        convert_config_value,
+        data_options,
+        explicit_params,
+        label_cost_options,
+        reports_errors,
+    )
+
+    @cli.command(cls=OneLineCommand)
+    @click.argument("source", required=False)
+    @click.argument("target", required=False)
+    @click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        metavar="FILE.yaml",
+        help="Read the flow's settings (and a composed 'functional' list) from a YAML file; options given "
+        "on the command line override it.",
+    )
+    @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Output directory.")
+    @click.option("--steps", type=click.IntRange(min=1), default=None, metavar="N", help="Total number of steps.")
+    @click.option(
+        "--dynamics",
+        type=click.Choice(DYNAMICS_NAMES),
+        default="fd-fl",
+        show_default=True,
+        help="fd-fl: features move, class statistics follow; jd-fl: features and class Gaussians move; "
+        "jd-vl: one Gaussian per particle, re-clustered into labels.",
+    )
+    @click.option(
+        "--optimizer",
+        type=click.Choice(OPTIMIZER_NAMES),
+        default="sgd",
+        show_default=True,
+        help="Step scheme: sgd (forward Euler), momentum or adam.",
+    )
+    @click.option(
+        "--step-size",
+        type=click.FloatRange(min=0, min_open=True),
+        default=0.1,
+        show_default=True,
+        help="Time step tau (the optimizer's learning rate).",
+    )
+    @click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default="constant", show_default=True)
+    @label_cost_options(outer_help="Outer OT solver of the OTDD to the target.  [library default: sinkhorn]")
+    @click.option(
+        "--label-weight", type=click.FloatRange(min=0), default=None, help="Weight of W2^2(y, y') in the OTDD cost."
+    )
+    @click.option(
+        "--objective",
+        type=click.Choice(["otdd", "mmd-sw"]),
+        default="otdd",
+        show_default=True,
+        help="otdd: OTDD^2/2 to TARGET (Wasserstein flow); mmd-sw: MMD^2/2 with a sliced-Wasserstein kernel "
+        "between the classes (WoW flow; classes weigh the same).",
+    )
+    @click.option(
+        "--kernel",
+        type=click.Choice(["riesz", "gaussian", "riesz-r", "laplace", "imq"]),
+        default=None,
+        help="mmd-sw: kernel between classes: riesz -SW2, gaussian exp(-SW2^2/2h), riesz-r -SW2^r, laplace "
+        "exp(-SW1/h), imq (h+SW2^2)^-1/2.  [default: riesz]",
+    )
+    @click.option(
+        "--bandwidth",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="H",
+        help="mmd-sw: kernel bandwidth h (gaussian, laplace, imq).  [default: median heuristic]",
+    )
+    @click.option(
+        "--projections",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="L",
+        help="mmd-sw: number of directions, drawn afresh every step.  [default: 500]",
+    )
+    @click.option(
+        "--target-batch",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="M",
+        help="mmd-sw: draw at most M target points per class at every step.  [default: all]",
+    )
+    @click.option(
+        "--noise",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        metavar="SIGMA",
+        help="Entropy temperature: adds Langevin noise sqrt(2 tau SIGMA) per step.",
+    )
+    @click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of the noise, of k-means and of --max-samples."
+    )
+    @click.option(
+        "--tol", type=click.FloatRange(min=0), default=None, help="Stop when the relative objective change is <= tol."
+    )
+    @click.option(
+        "--checkpoint-every",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="K",
+        help="Save DIR/checkpoint.pt every K steps (and at the end), so that --resume can continue a killed "
+        "run; 0 saves none.  [default: every max(1, steps // 10) steps]",
+    )
+    @click.option(
+        "--resume", is_flag=True, help="Continue from DIR's checkpoint up to --steps total steps (same settings)."
+    )
+    @click.option("--overwrite", is_flag=True, help="Replace the run already in DIR (without it, DIR must hold none).")
+    @click.option(
+        "--record-every",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="K",
+        help="Record the particles every K steps to DIR/trajectory/.  [default with figures: max(1, steps // 50)]",
+    )
+    @click.option(
+        "--clustering",
+        type=click.Choice(["kmeans", "dbscan"]),
+        default=None,
+        help="jd-vl: how particles are re-clustered into labels.  [library default: kmeans]",
+    )
+    @click.option(
+        "--recluster-every",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="K",
+        help="jd-vl: steps between re-clusterings.",
+    )
+    @data_options(
+        max_samples_help="Use at most this many samples of each dataset, drawn uniformly at random with --seed."
+    )
+    @click.option(
+        "--figures/--no-figures",
+        default=True,
+        show_default=True,
+        help="Write the objective curve, the flow (scatter + GIF, d <= 3) or an image grid (images).",
+    )
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @reports_errors("try --max-samples N, --outer sinkhorn or --dtype float32.")
+    def flow(warnings: Any, **params: Any) -> str | None:
+        """Flow the SOURCE dataset towards TARGET (Wasserstein gradient flow of OTDD^2 / 2, or with
+        --objective mmd-sw the WoW gradient flow of MMD^2 / 2 with a sliced-Wasserstein kernel).
+
+        SOURCE and TARGET are .npz files or built-in names. Writes DIR/final.npz (x in the source's
+        feature shape, y class indices, classes names), DIR/history.json (objective per step, terms,
+        settings), DIR/checkpoint.pt and figures. With --config, the YAML file gives the same
+        settings (keys as the options, with underscores) and may compose the functional, e.g.
+
+        \b
+          functional:
+            - {type: otdd, inner: gaussian, outer: sinkhorn}
+            - {type: ball, weight: 0.5, center: [0, 0], radius: 1.0}
+            - {type: entropy, sigma: 0.01}
+
+        Term types: otdd, mmd_sw, ball, repulsion, quadratic_repulsion, collapse, hyperplane, norm, entropy.
+        """
+        ctx = click.get_current_context()
+        where = params["config"] or ""
+        config: dict[str, Any] = {}
+        if params["config"]:
+            valid = {p.name for p in ctx.command.params if p.name not in CLI_ONLY_PARAMS}
+            config = read_config(params["config"], valid | set(CONFIG_ONLY_KEYS))
+        settings, origin = merge_settings(
+            params,
+            explicit_params(ctx),
+            config,
+            lambda name, value: convert_config_value(ctx, name, value),
+            where,
+        )
+        summary = run_flow_command(
+            settings, origin, where=where, warn=lambda text: click.echo(f"Warning: {text}", err=True)
+        )
+        return None if params["quiet"] else "\n".join(summary["lines"])

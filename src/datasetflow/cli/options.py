@@ -5,6 +5,7 @@ This module imports click; it is imported only by :func:`datasetflow.cli.main.bu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ __all__ = [
     "SIZE",
     "DEVICE",
     "OneLineCommand",
+    "OneLineGroup",
+    "reports_errors",
     "data_options",
     "label_cost_options",
     "explicit_params",
@@ -54,6 +57,10 @@ class DeviceType(click.ParamType):
         return str(value)
 
 
+#: The label cost names of :func:`datasetflow.labels.get_label_cost` (kept here so that ``--help`` needs no
+#: torch import; a test checks that they agree).
+LABEL_COST_NAMES = ("gaussian", "exact", "sinkhorn", "sliced", "bures", "sw")
+
 SIZE = SizeType()
 DEVICE = DeviceType()
 
@@ -73,6 +80,76 @@ class OneLineCommand(click.Command):
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
             raise _OneLineUsageError(exc.format_message(), ctx) from None
+
+
+class OneLineGroup(click.Group):
+    """A command group whose usage errors (unknown command, ...) are one line, and whose commands are
+    :class:`OneLineCommand` s by default."""
+
+    command_class = OneLineCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message(), ctx) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message(), ctx) from None
+
+
+#: Exit status of errors (bad input, library errors) and of an interrupted command.
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
+def reports_errors(memory_hint: str) -> Callable:
+    """Run a command body with warnings captured and every expected failure reported in one line.
+
+    The body receives ``warnings`` (a :class:`~datasetflow.cli.common.WarningLog`; warnings are
+    echoed on stderr after the body) and returns the text to print, or None. Library errors and
+    unusable files exit 2 with ``Error: ...``; running out of memory exits 2 with ``memory_hint``;
+    Ctrl-C exits 130.
+    """
+
+    def wrap(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def command(**params: Any) -> None:
+            import torch
+
+            from ..errors import DatasetflowError
+            from .common import captured_warnings, os_error_text
+
+            ctx = click.get_current_context()
+
+            def fail(message: str, status: int = EXIT_ERROR) -> None:
+                click.echo(f"Error: {message}", err=True)
+                ctx.exit(status)
+
+            with captured_warnings() as log:
+                try:
+                    text = body(warnings=log, **params)
+                except DatasetflowError as exc:
+                    return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                except (MemoryError, torch.OutOfMemoryError) as exc:
+                    return fail(
+                        f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {memory_hint}"
+                    )
+                except OSError as exc:
+                    return fail(os_error_text(exc))
+                except KeyboardInterrupt as exc:
+                    return fail(str(exc) or "interrupted.", EXIT_INTERRUPTED)
+            for message in log.messages:
+                click.echo(f"Warning: {message}", err=True)
+            if text:
+                click.echo(text)
+
+        return command
+
+    return wrap
 
 
 def _apply(decorators: list[Callable]) -> Callable:
@@ -110,16 +187,17 @@ def data_options(*, max_samples_help: str) -> Callable:
     )
 
 
-def label_cost_options(*, outer_help: str) -> Callable:
+def label_cost_options(*, outer_help: str, inner_default: str = "gaussian") -> Callable:
     """``--inner``, ``--outer`` and ``--reg`` (the OTDD solver settings)."""
     return _apply(
         [
             click.option(
                 "--inner",
-                type=click.Choice(["gaussian", "exact", "sinkhorn"]),
+                type=click.Choice(list(LABEL_COST_NAMES)),
                 default=None,
-                help="Label cost W2^2 between classes: Gaussian (Bures) closed form, exact OT or Sinkhorn "
-                "between class point clouds.  [library default: gaussian]",
+                help="Label cost W2^2 between classes: gaussian (Bures closed form; alias bures), exact OT, "
+                "Sinkhorn or sliced Wasserstein between class point clouds.  "
+                f"[library default: {inner_default}]",
             ),
             click.option("--outer", type=click.Choice(["exact", "sinkhorn"]), default=None, help=outer_help),
             click.option(

@@ -27,7 +27,7 @@ from .common import (
     write_json_atomic,
 )
 
-__all__ = ["run_repurpose_command"]
+__all__ = ["run_repurpose_command", "load_classifier", "register"]
 
 
 def _error(message: str) -> Exception:
@@ -56,7 +56,12 @@ def load_classifier(spec: str | None, target: Any, device: Any) -> Any:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported in one line
-        raise _error(f"--classifier {spec!r}: cannot read a state dict ({exc}).") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unpickler" in str(exc):
+            reason = "it holds Python objects other than tensors (only a plain state dict is loaded, for safety)"
+        raise _error(f"--classifier {spec!r} is not a readable LeNet5 state dict: {reason}.") from None
+    if not isinstance(state, dict):
+        raise _error(f"--classifier {spec!r} holds a {type(state).__name__}, not a state dict.")
     model = LeNet5.for_feature_shape(target.feature_shape, target.num_classes)
     try:
         model.load_state_dict(state)
@@ -118,7 +123,10 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
     out = Path(params["out"])
     if out.exists() and not out.is_dir():
         raise _error(f"--out {str(out)!r} exists and is not a directory.")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _error(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}.") from None
     steps = params["steps"]
     embedding = None
     if params["unsupervised"]:
@@ -169,3 +177,58 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         lines.append(f"pseudo-labels  {100 * result.pseudo_label_accuracy:.1f}% of the clusters' names are right")
     lines.append(f"wrote     {out}/  result.json, final.npz" + "".join(f", {f}" for f in figures))
     return lines
+
+
+def register(cli: Any) -> None:
+    """Add the ``repurpose`` command to the click group ``cli``."""
+    import click
+
+    from .options import data_options, reports_errors
+
+    @cli.command()
+    @click.argument("source", default="usps-mini")
+    @click.argument("target", default="mnist-mini")
+    @click.option(
+        "--classifier",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="FILE.pt",
+        help="A LeNet5 state dict trained on TARGET's classes.  [default: the embedded MNIST LeNet-5]",
+    )
+    @click.option(
+        "--objective",
+        type=click.Choice(["otdd", "mmd-sw"]),
+        default="otdd",
+        show_default=True,
+        help="otdd: OTDD^2/2 (fd-fl, SGD); mmd-sw: MMD^2/2 with the Riesz SW kernel (WoW flow, momentum 0.9).",
+    )
+    @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, metavar="N")
+    @click.option(
+        "--step-size",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Time step.  [default: 0.5 for otdd, 1.0 for mmd-sw]",
+    )
+    @click.option(
+        "--unsupervised",
+        is_flag=True,
+        help="Flow with k-means pseudo-labels (on the classifier's features) instead of SOURCE's labels; the "
+        "labels then only score the result.",
+    )
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/repurpose", show_default=True)
+    @data_options(max_samples_help="Use at most this many samples of each dataset (random, with --seed).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--figures/--no-figures", default=True, show_default=True)
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @reports_errors("try --max-samples N.")
+    def repurpose(warnings: Any, **params: Any) -> str | None:
+        """Flow SOURCE to TARGET and let a frozen classifier trained on TARGET classify SOURCE before and after.
+
+        By default USPS (embedded subset, resized to 28x28) flows to MNIST (embedded subset) and the
+        embedded MNIST LeNet-5 scores it. Writes DIR/result.json, DIR/final.npz and figures (samples
+        over the flow, objective, accuracy).
+        """
+        if params["resize"] is None and params["source"] == "usps-mini" and params["target"] == "mnist-mini":
+            params["resize"] = (28, 28)
+        lines = run_repurpose_command(params, warn=lambda text: click.echo(f"Warning: {text}", err=True))
+        return None if params["quiet"] else "\n".join(lines)

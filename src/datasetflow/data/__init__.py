@@ -21,6 +21,7 @@ from .loaders import (
     parse_size,
     resolve_data_dir,
 )
+from .synthetic import gaussian_mixture, swiss_roll
 
 __all__ = [
     "LabeledDataset",
@@ -35,4 +36,6 @@ __all__ = [
     "parse_size",
     "BuiltinDataset",
     "DATA_DIR_ENV",
+    "gaussian_mixture",
+    "swiss_roll",
 ]

@@ -27,7 +27,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 
-__all__ = ["LabeledDataset", "ClassStats"]
+__all__ = ["LabeledDataset", "ClassStats", "json_name", "check_dataset_pair", "features_of"]
 
 
 def _to_python_scalar(value: Any) -> Hashable:
@@ -277,6 +277,49 @@ class LabeledDataset:
         return load_npz(path, **kwargs)
 
     @classmethod
+    def from_tensors(
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor,
+        classes: Sequence[Hashable],
+        *,
+        feature_shape: Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> LabeledDataset:
+        """A dataset from tensors already in the library's form, used as they are (no copy, no label encoding).
+
+        Args:
+            x: ``(n, d)`` floating features (gradients flow through them).
+            y: ``(n,)`` long class indices into ``classes``.
+            weights: ``(n,)`` masses summing to 1.
+            classes: the class names.
+            feature_shape: shape of one sample (default ``(d,)``).
+            name: optional display name.
+
+        Only shapes are checked: this is the fast path for code that builds datasets from validated
+        tensors (flows, minibatches). Use the constructor for user data.
+        """
+        if x.ndim != 2 or y.shape != (x.shape[0],) or weights.shape != (x.shape[0],):
+            raise ShapeMismatchError(
+                f"from_tensors needs x (n, d), y (n,) and weights (n,); got {tuple(x.shape)}, {tuple(y.shape)} "
+                f"and {tuple(weights.shape)}."
+            )
+        shape = tuple(feature_shape) if feature_shape is not None else (x.shape[1],)
+        return cls._build(x=x, y=y, weights=weights, classes=tuple(classes), feature_shape=shape, name=name)
+
+    @classmethod
+    def _build(cls, **fields: Any) -> LabeledDataset:
+        """An instance with the given attributes (every attribute of ``__init__`` must be given)."""
+        out = object.__new__(cls)
+        out.__dict__.update(fields)
+        return out
+
+    def _replace(self, **changes: Any) -> LabeledDataset:
+        """A shallow copy with some attributes replaced."""
+        return self._build(**{**self.__dict__, **changes})
+
+    @classmethod
     def from_torch_dataset(cls, dataset: Any, **kwargs: Any) -> LabeledDataset:
         """Build from a map-style ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs."""
         try:
@@ -338,19 +381,15 @@ class LabeledDataset:
         if x.shape != self.x.shape:
             raise ShapeMismatchError(f"x must have shape {tuple(self.x.shape)}, got {tuple(x.shape)}.")
         _check_finite("x", x.detach())
-        out = object.__new__(LabeledDataset)
-        out.__dict__.update(self.__dict__)
-        out.x = x
-        return out
+        return self._replace(x=x)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LabeledDataset:
         """A copy on another device and/or with another floating dtype."""
-        out = object.__new__(LabeledDataset)
-        out.__dict__.update(self.__dict__)
-        out.x = self.x.to(device=device, dtype=dtype)
-        out.weights = self.weights.to(device=device, dtype=dtype)
-        out.y = self.y.to(device=device)
-        return out
+        return self._replace(
+            x=self.x.to(device=device, dtype=dtype),
+            weights=self.weights.to(device=device, dtype=dtype),
+            y=self.y.to(device=device),
+        )
 
     def with_class_weights(self, class_weights: Any = "uniform") -> LabeledDataset:
         r"""A copy whose sample weights are :math:`w_i = p_{y_i} / n_{y_i}`: uniform inside each class,
@@ -373,8 +412,13 @@ class LabeledDataset:
                 )
             masses = torch.ones_like(counts) if class_weights == "uniform" else counts.clone()
         else:
-            masses = torch.as_tensor(np.asarray(class_weights) if not isinstance(class_weights, torch.Tensor)
-                                     else class_weights).to(self.weights).reshape(-1)
+            masses = (
+                torch.as_tensor(
+                    np.asarray(class_weights) if not isinstance(class_weights, torch.Tensor) else class_weights
+                )
+                .to(self.weights)
+                .reshape(-1)
+            )
             if masses.shape[0] != self.num_classes:
                 raise ShapeMismatchError(
                     f"class_weights has shape {tuple(masses.shape)} but the dataset has {self.num_classes} classes."
@@ -382,14 +426,22 @@ class LabeledDataset:
             if not bool(torch.isfinite(masses).all()) or bool((masses < 0).any()) or float(masses.sum()) <= 0:
                 raise InvalidArgumentError("class_weights must be finite and non-negative with a positive sum.")
         masses = masses / masses.sum()
-        out = object.__new__(LabeledDataset)
-        out.__dict__.update(self.__dict__)
-        out.weights = (masses / counts)[self.y]
-        return out
+        return self._replace(weights=(masses / counts)[self.y])
 
     def scaled(self, factor: float) -> LabeledDataset:
         """A copy with features multiplied by ``factor`` (e.g. ``1/255`` for ``uint8`` pixels)."""
         return self.with_features(self.x * factor)
+
+    def take(self, index: torch.Tensor) -> LabeledDataset:
+        """The samples ``index`` (a long tensor) with the same classes and renormalised weights.
+
+        Unlike :meth:`subset`, classes are kept as they are, so every class must keep a sample.
+        """
+        y = self.y[index]
+        if bool((torch.bincount(y, minlength=self.num_classes) == 0).any()):
+            raise EmptyDatasetError("take() would leave a class without samples; use subset() to drop classes.")
+        w = self.weights[index]
+        return self._replace(x=self.x[index], y=y, weights=w / w.sum())
 
     def subset(self, index: Any) -> LabeledDataset:
         """The samples selected by ``index`` (a slice, boolean mask or index array).
@@ -469,3 +521,31 @@ class LabeledDataset:
         factors = torch.zeros(num_classes, rows, self.dim, dtype=x.dtype, device=x.device)
         factors = factors.index_put((y, position), scale[:, None] * (x - means[y]))
         return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, factors=factors)
+
+
+def check_dataset_pair(names: tuple[str, str], first: Any, second: Any, *, same_dim: bool = True) -> None:
+    """Both arguments are :class:`LabeledDataset` s (in the same feature dimension), else an error naming them."""
+    for argument, value in zip(names, (first, second), strict=True):
+        if not isinstance(value, LabeledDataset):
+            raise InvalidArgumentError(f"{argument} must be a LabeledDataset, got {type(value).__name__}.")
+    if same_dim and first.dim != second.dim:
+        raise ShapeMismatchError(
+            f"{names[0]} features have shape {tuple(first.x.shape)} and {names[1]} features "
+            f"{tuple(second.x.shape)}: the feature dimensions {first.dim} and {second.dim} differ."
+        )
+
+
+def features_of(data: Any, argument: str = "x") -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(x, feature_shape)`` of a :class:`LabeledDataset` or of an ``(n, d)`` / ``(n, *shape)`` tensor.
+
+    A tensor of shape ``(n, *shape)`` with more than one feature axis is flattened to ``(n, d)``.
+    """
+    if isinstance(data, LabeledDataset):
+        return data.x, data.feature_shape
+    if not isinstance(data, torch.Tensor):
+        raise InvalidArgumentError(
+            f"{argument} must be a LabeledDataset or a tensor of shape (n, d), got {type(data).__name__}."
+        )
+    if data.ndim < 2 or data.shape[0] == 0:
+        raise ShapeMismatchError(f"{argument} must have shape (n, d) with n >= 1, got {tuple(data.shape)}.")
+    return data.reshape(data.shape[0], -1), tuple(data.shape[1:])

@@ -27,11 +27,15 @@ from ..costs.ground import OTDDCost
 from ..costs.linalg import safe_sqrt
 from ..data.dataset import ClassStats, LabeledDataset, json_name
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ..solvers.api import METHODS, solve
+from ..labels.costs import LabelCost, get_label_cost
+from ..solvers.api import DEFAULT_RELATIVE_REG, METHODS, relative_reg, solve
 from ..solvers.result import OTResult
-from .label_costs import DEFAULT_RELATIVE_REG, LabelCost, get_label_cost, relative_reg
 
-__all__ = ["otdd", "OTDDResult"]
+__all__ = ["otdd", "OTDDResult", "DEFAULT_INNER", "DEFAULT_OUTER"]
+
+#: The label cost and outer solver :func:`otdd` uses by default (flow functionals read them from here).
+DEFAULT_INNER = "gaussian"
+DEFAULT_OUTER = "sinkhorn"
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ def otdd(
     source: LabeledDataset,
     target: LabeledDataset,
     *,
-    inner: str | LabelCost = "gaussian",
-    outer: str = "sinkhorn",
+    inner: str | LabelCost = DEFAULT_INNER,
+    outer: str = DEFAULT_OUTER,
     reg: float | None = None,
     debiased: bool = True,
     feature_weight: float = 1.0,
@@ -108,6 +112,7 @@ def otdd(
     backend: str = "auto",
     eps_scaling: float | str | None = "auto",
     target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
+    target_summary: Any = None,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
@@ -116,9 +121,10 @@ def otdd(
         source: :class:`LabeledDataset` with ``n`` samples in ``d`` dimensions and ``C1`` classes.
         target: :class:`LabeledDataset` with ``m`` samples in the same ``d`` and ``C2`` classes
             (label sets may differ).
-        inner: label cost: ``"gaussian"`` (Bures closed form, default), ``"exact"`` (network
-            simplex between class clouds), ``"sinkhorn"`` (entropic, debiased), or a
-            :class:`~datasetflow.distances.label_costs.LabelCost` instance.
+        inner: the label cost, a :class:`~datasetflow.labels.costs.LabelCost` or its name:
+            ``"gaussian"`` (Bures closed form, default; alias ``"bures"``), ``"exact"`` (network
+            simplex between class clouds), ``"sinkhorn"`` (entropic, debiased) or ``"sliced"``
+            (:math:`\mathrm{SW}_2^2` between class clouds).
         outer: ``"sinkhorn"`` (default) or ``"exact"``.
         reg: absolute entropic regularisation of the outer problem. Default (None):
             ``relative_reg_fraction * mean cost`` where the mean cost is
@@ -140,6 +146,8 @@ def otdd(
             ``(label_distances among its classes, OT_eps(target, target))`` from an earlier call
             (``result.self_label_distances[1]``, ``result.ot.self_values[1]``): flows towards a
             fixed target reuse them instead of recomputing them at every step.
+        target_summary: the target's ``label_cost.summarize(target)`` from an earlier call (flows
+            towards a fixed target summarise it once); ignored when ``target_stats`` is given.
         potentials_init: warm start ``(f, g)`` of the outer Sinkhorn problem (e.g. the previous
             step's ``result.potentials`` in a flow).
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
@@ -177,21 +185,23 @@ def otdd(
     same = source is target and source_stats is target_stats
     label_matrix = self_matrices = None
     if label_weight > 0:
-        if same:  # one symmetric computation with an exactly zero diagonal
-            label_matrix = label_cost.pairwise(source, None, source_stats=source_stats)
+        first = label_cost.summarize(source, stats=source_stats)
+        if same:
+            second = first
+        elif target_stats is not None or target_summary is None:
+            second = label_cost.summarize(target, stats=target_stats)
         else:
-            label_matrix = label_cost.pairwise(source, target, source_stats=source_stats, target_stats=target_stats)
+            second = target_summary
+        # one symmetric computation with an exactly zero diagonal when both sides are the same
+        label_matrix = label_cost.pairwise(first) if same else label_cost.pairwise(first, second)
         if outer == "sinkhorn" and debiased:
             if target_self is not None:
                 target_labels = target_self[0]
             elif same:
                 target_labels = label_matrix
             else:
-                target_labels = label_cost.pairwise(target, None, source_stats=target_stats)
-            self_matrices = (
-                label_matrix if same else label_cost.pairwise(source, None, source_stats=source_stats),
-                target_labels,
-            )
+                target_labels = label_cost.pairwise(second)
+            self_matrices = (label_matrix if same else label_cost.pairwise(first), target_labels)
     cost = OTDDCost(
         source.x,
         target.x,
@@ -225,9 +235,9 @@ def otdd(
     )
     distance_squared = result.value
     if label_matrix is None:
-        label_matrix = label_cost.pairwise(source, target, source_stats=source_stats, target_stats=target_stats)
+        label_matrix = label_cost.between(source, target, source_stats=source_stats, target_stats=target_stats)
     config = {
-        "inner": getattr(label_cost, "name", type(label_cost).__name__),
+        "inner": label_cost.name,
         "label_cost": repr(label_cost),
         "outer": outer,
         "reg": eps,

@@ -5,10 +5,10 @@ With :math:`P = \sum_c p_c \delta_{\mu_c}` and :math:`Q = \sum_{c'} q_{c'} \delt
 
 .. math:: \mathrm{WW}_2^2(P, Q) = \min_{\Gamma \in \Pi(p, q)} \sum_{c, c'} \Gamma_{cc'}\, W_2^2(\mu_c, \nu_{c'}),
 
-a small ``C x C'`` exact OT whose ground cost is the squared W2 between class clouds: exact
-(network simplex per class pair), Bures-Wasserstein (Gaussian approximation) or sliced. Its
-coupling matches classes: after a flow, each flowed class takes the name of the target class
-it sends most mass to.
+a small ``C x C'`` exact OT whose ground cost is a label cost (:mod:`~datasetflow.labels.costs`):
+the squared W2 between class clouds, exact (network simplex per class pair), Gaussian (Bures) or
+sliced. Its coupling matches classes (:mod:`~datasetflow.labels.matching`): after a flow, each
+flowed class is named, one to one, after the target class it exchanges most mass with.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import torch
 from ..costs.linalg import safe_sqrt
 from ..data.dataset import LabeledDataset, json_name
 from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..labels.costs import LabelCost, SlicedLabelCost, get_label_cost
+from ..labels.matching import match_classes
 from ..solvers.api import solve
-from .label_costs import ExactLabelCost, GaussianLabelCost
-from .sliced import class_sliced_wasserstein
 
-__all__ = ["wow", "WoWResult", "WOW_GROUND_COSTS"]
-
-WOW_GROUND_COSTS = ("exact", "bures", "sliced")
+__all__ = ["wow", "WoWResult"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +38,11 @@ class WoWResult:
         distance: its square root.
         class_costs: ``(C, C')`` ground cost :math:`W_2^2(\\mu_c, \\nu_{c'})`.
         coupling: ``(C, C')`` optimal class coupling :math:`\\Gamma`.
-        matching: ``(C,)`` long, the target class index each source class sends most mass to.
+        matching: ``(C,)`` long, the target class matched one to one to each source class (the
+            assignment of most coupled mass; with more source than target classes, the source
+            classes left over take the target class they send most mass to).
         source_classes, target_classes: class names.
-        ground: ``"exact"``, ``"bures"`` or ``"sliced"``.
+        inner: the label cost's name (``"exact"``, ``"gaussian"``, ``"sinkhorn"`` or ``"sliced"``).
     """
 
     distance_squared: torch.Tensor
@@ -52,7 +52,7 @@ class WoWResult:
     matching: torch.Tensor
     source_classes: tuple[Hashable, ...]
     target_classes: tuple[Hashable, ...]
-    ground: str
+    inner: str
 
     @property
     def matched_classes(self) -> list[Hashable]:
@@ -81,7 +81,7 @@ class WoWResult:
         return {
             "distance": float(self.distance.detach()),
             "distance_squared": float(self.distance_squared.detach()),
-            "ground": self.ground,
+            "inner": self.inner,
             "source_classes": [json_name(c) for c in self.source_classes],
             "target_classes": [json_name(c) for c in self.target_classes],
             "class_costs": self.class_costs.detach().cpu().tolist(),
@@ -94,7 +94,7 @@ def wow(
     source: LabeledDataset,
     target: LabeledDataset,
     *,
-    ground: str = "exact",
+    inner: str | LabelCost = "exact",
     class_weights: str = "dataset",
     n_projections: int = 500,
     projections: Any = None,
@@ -104,11 +104,12 @@ def wow(
 
     Args:
         source, target: :class:`LabeledDataset` s of the same dimension.
-        ground: the class-to-class cost :math:`W_2^2(\mu_c, \nu_{c'})`: ``"exact"`` (POT network
-            simplex between the class clouds, with their sample weights), ``"bures"`` (Gaussian
-            closed form on class means and covariances) or ``"sliced"`` (:math:`\mathrm{SW}_2^2`).
+        inner: the class-to-class cost :math:`W_2^2(\mu_c, \nu_{c'})`, a label cost or its name:
+            ``"exact"`` (default; POT network simplex between the class clouds, with their sample
+            weights), ``"gaussian"`` (alias ``"bures"``: closed form on class means and covariances),
+            ``"sinkhorn"`` or ``"sliced"`` (:math:`\mathrm{SW}_2^2`).
         class_weights: ``"dataset"`` (class masses of the datasets) or ``"uniform"``.
-        n_projections, projections, seed: directions of the sliced ground cost.
+        n_projections, projections, seed: directions of the sliced label cost (``inner="sliced"``).
 
     Returns:
         A :class:`WoWResult` (distance, costs, coupling and class matching).
@@ -118,19 +119,14 @@ def wow(
             raise InvalidArgumentError(f"{argument} must be a LabeledDataset, got {type(value).__name__}.")
     if source.dim != target.dim:
         raise ShapeMismatchError(f"source has dimension {source.dim} but target has {target.dim}.")
-    if ground not in WOW_GROUND_COSTS:
-        raise InvalidArgumentError(f"ground must be one of {WOW_GROUND_COSTS}, got {ground!r}.")
     if class_weights not in ("dataset", "uniform"):
         raise InvalidArgumentError(f"class_weights must be 'dataset' or 'uniform', got {class_weights!r}.")
-    target = target.to(device=source.x.device, dtype=source.x.dtype)
-    if ground == "exact":
-        costs = ExactLabelCost().pairwise(source, target)
-    elif ground == "bures":
-        costs = GaussianLabelCost().pairwise(source, target)
+    if isinstance(inner, str) and get_label_cost(inner).name == "sliced":
+        label_cost: LabelCost = SlicedLabelCost(n_projections=n_projections, projections=projections, seed=seed)
     else:
-        costs = class_sliced_wasserstein(
-            source, target, projections=projections, n_projections=n_projections, seed=seed
-        )
+        label_cost = get_label_cost(inner)
+    target = target.to(device=source.x.device, dtype=source.x.dtype)
+    costs = label_cost.between(source, target)
     if class_weights == "uniform":
         p = costs.new_full((source.num_classes,), 1.0 / source.num_classes)
         q = costs.new_full((target.num_classes,), 1.0 / target.num_classes)
@@ -144,8 +140,8 @@ def wow(
         distance=safe_sqrt(value),
         class_costs=costs,
         coupling=coupling,
-        matching=coupling.argmax(dim=1),
+        matching=match_classes(coupling, maximize=True),
         source_classes=source.classes,
         target_classes=target.classes,
-        ground=ground,
+        inner=label_cost.name,
     )

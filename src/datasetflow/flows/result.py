@@ -58,14 +58,15 @@ class FlowResult:
         objective: the objective value at every step taken (before that step's update).
         terms: per-term values (``name -> list``), weighted as in the objective.
         steps: total number of steps taken (including those before a resume).
-        stopped: ``"steps"`` (ran all steps), ``"tol"`` (objective change below ``tol``) or
-            ``"callback"``.
+        stopped: ``"steps"`` (ran all steps), ``"tol"`` (objective change below ``tol``),
+            ``"callback"`` (or the reason a callback gave) or ``"diverged"``.
         trajectory: recorded positions, or None.
         label_history: ``(step, labels)`` each time the discrete labels changed (jd-vl), starting
             with the initial labels.
         classes: final class names.
-        seconds: wall time of this call.
+        seconds: wall time of the flow, over all its runs when it was resumed.
         config: the settings that produced the result.
+        resumed_from: the step a resumed flow continued from (None otherwise).
     """
 
     final: LabeledDataset
@@ -78,6 +79,7 @@ class FlowResult:
     classes: tuple[Hashable, ...]
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
 
     def history(self) -> dict[str, Any]:
         """JSON-friendly history (``objective``, ``terms``, ``steps``, ``stopped``, ``config``)."""
@@ -87,5 +89,6 @@ class FlowResult:
             "steps": self.steps,
             "stopped": self.stopped,
             "seconds": self.seconds,
+            "resumed_from": self.resumed_from,
             "config": self.config,
         }

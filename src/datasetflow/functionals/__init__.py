@@ -1,6 +1,7 @@
 """Functionals of labeled datasets that flows minimise; they add and scale."""
 
-from .base import Functional, ScaledFunctional, SumFunctional
+from .base import DatasetParticles, Functional, Particles, ScaledFunctional, SumFunctional, as_particles
+from .config import TERM_TYPES, TermType, from_config, normalize_terms, register_term, target_terms
 from .energies import (
     Entropy,
     Interaction,
@@ -20,6 +21,15 @@ from .otdd_target import OTDDToTarget, otdd_to
 
 __all__ = [
     "Functional",
+    "Particles",
+    "DatasetParticles",
+    "as_particles",
+    "from_config",
+    "normalize_terms",
+    "register_term",
+    "target_terms",
+    "TERM_TYPES",
+    "TermType",
     "SumFunctional",
     "ScaledFunctional",
     "OTDDToTarget",

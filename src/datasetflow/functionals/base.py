@@ -1,8 +1,10 @@
 r"""The one Functional protocol: objectives over labeled datasets that add and scale.
 
-A functional :math:`F(\rho)` maps the current particle system (a :class:`FlowState`) to a
-0-d tensor that is differentiable in the particle features (and in the label parameters
-where the dynamics has them). Functionals compose::
+A functional :math:`F(\rho)` maps the current particle system to a 0-d tensor that is
+differentiable in the particle features (and in the label parameters where the dynamics has
+them). It sees the particles only through the small :class:`Particles` protocol (features,
+labels, weights and a label view) and knows nothing about the dynamics that moves them; a
+:class:`~datasetflow.data.dataset.LabeledDataset` can be passed directly. Functionals compose::
 
     F = otdd_to(target) + 0.5 * potential(...) + interaction(...) + entropy(0.01)
 
@@ -14,17 +16,67 @@ value; it contributes Langevin noise of temperature :meth:`Functional.noise` ins
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ..data.dataset import ClassStats, LabeledDataset
 from ..errors import InvalidArgumentError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .state import FlowState
+__all__ = ["Functional", "SumFunctional", "ScaledFunctional", "Particles", "DatasetParticles", "as_particles"]
 
-__all__ = ["Functional", "SumFunctional", "ScaledFunctional"]
+
+@runtime_checkable
+class Particles(Protocol):
+    """What a functional sees of the particle system :math:`\rho = \\sum_i w_i \\delta_{(x_i, y_i)}`.
+
+    Attributes:
+        x: ``(n, d)`` features (differentiable: the tensor the flow moves).
+        y: ``(n,)`` label indices into ``classes``.
+        weights: ``(n,)`` masses summing to 1.
+        classes: the class names.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor
+    classes: tuple[Hashable, ...]
+
+    def dataset(self) -> LabeledDataset:
+        """The particles as a :class:`LabeledDataset` whose features keep their graph."""
+        ...
+
+    def label_view(self) -> tuple[LabeledDataset, ClassStats | None]:
+        """What label-aware functionals (OTDD) compare: a dataset and, where the label distributions are
+        parameters of their own, their :class:`ClassStats` (None: statistics of the samples)."""
+        ...
+
+
+class DatasetParticles:
+    """A :class:`LabeledDataset` seen as :class:`Particles` (labels fixed, statistics from the samples)."""
+
+    def __init__(self, dataset: LabeledDataset) -> None:
+        self._dataset = dataset
+        self.x, self.y, self.weights, self.classes = dataset.x, dataset.y, dataset.weights, dataset.classes
+
+    def dataset(self) -> LabeledDataset:  # noqa: D102
+        return self._dataset
+
+    def label_view(self) -> tuple[LabeledDataset, ClassStats | None]:  # noqa: D102
+        return self._dataset, None
+
+
+def as_particles(particles: Any) -> Particles:
+    """``particles`` itself if it follows the :class:`Particles` protocol; a :class:`LabeledDataset` wrapped."""
+    if isinstance(particles, LabeledDataset):
+        return DatasetParticles(particles)
+    if not isinstance(particles, Particles):
+        raise InvalidArgumentError(
+            f"a functional is evaluated on Particles (e.g. a flow's state) or a LabeledDataset, got "
+            f"{type(particles).__name__}."
+        )
+    return particles
 
 
 class Functional(ABC):
@@ -34,7 +86,7 @@ class Functional(ABC):
     name: str = "functional"
 
     @abstractmethod
-    def value(self, state: FlowState) -> torch.Tensor:
+    def value(self, state: Particles) -> torch.Tensor:
         """The 0-d objective at ``state``, differentiable in its parameters."""
 
     def noise(self) -> float:
@@ -58,8 +110,8 @@ class Functional(ABC):
         """``(name, weight, leaf)`` for every weighted leaf of this functional."""
         yield self.name, 1.0, self
 
-    def __call__(self, state: FlowState) -> torch.Tensor:
-        return self.value(state)
+    def __call__(self, state: Particles | LabeledDataset) -> torch.Tensor:
+        return self.value(as_particles(state))
 
     def __add__(self, other: Functional) -> Functional:
         if not isinstance(other, Functional):
@@ -93,7 +145,7 @@ class SumFunctional(Functional):
             flat.extend(part.parts if isinstance(part, SumFunctional) else [part])
         self.parts = flat
 
-    def value(self, state: FlowState) -> torch.Tensor:  # noqa: D102
+    def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
         return sum(
             (part.value(state) for part in self.parts),
             start=torch.zeros((), dtype=state.x.dtype, device=state.x.device),
@@ -130,7 +182,7 @@ class ScaledFunctional(Functional):
         self.inner, self.weight = inner, weight
         self.name = inner.name
 
-    def value(self, state: FlowState) -> torch.Tensor:  # noqa: D102
+    def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
         return self.weight * self.inner.value(state)
 
     def noise(self) -> float:  # noqa: D102

@@ -15,19 +15,12 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
-from ..distances.kernels import SWKernel, get_kernel
-from ..distances.mmd import class_masses, mmd_from_quantiles
-from ..distances.sliced import (
-    DEFAULT_PROJECTIONS,
-    _on_grid,
-    check_n_projections,
-    check_projections,
-    common_grid,
-    draw_directions,
-    sort_classes,
-)
+from ..distances.mmd import class_masses, kernel_label_cost, mmd_from_summaries
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from .base import Functional
+from ..labels.costs import LabelCost, SlicedLabelCost
+from ..labels.kernels import SWKernel, get_kernel
+from ..solvers.sliced import draw_directions
+from .base import Functional, Particles
 
 __all__ = ["MMDSWToTarget", "mmd_sw_to"]
 
@@ -39,9 +32,11 @@ class MMDSWToTarget(Functional):
         target: the target :class:`LabeledDataset` (class masses from its weights, uniform
             inside each class).
         kernel: ``"riesz"`` (default, :math:`-\mathrm{SW}_2`), ``"gaussian"``, ``"riesz-r"``,
-            ``"laplace"``, ``"imq"`` or an :class:`~datasetflow.distances.kernels.SWKernel`.
+            ``"laplace"``, ``"imq"`` or an :class:`~datasetflow.labels.kernels.SWKernel`.
         bandwidth: :math:`h > 0` (None: median heuristic at the first step, then fixed).
         exponent: :math:`r` of ``riesz-r``.
+        inner: the class-to-class cost the kernel is a function of (default ``"sliced"``, the WoW
+            flow's; any other label cost of order 2 gives a deterministic objective).
         n_projections: the number ``L`` of directions (default 500).
         projections: explicit ``(L, d)`` directions, used at every step.
         resample: draw fresh directions at every step (default, as in the paper); False keeps
@@ -68,6 +63,7 @@ class MMDSWToTarget(Functional):
         kernel: str | SWKernel = "riesz",
         bandwidth: float | None = None,
         exponent: float = 1.0,
+        inner: str | LabelCost = "sliced",
         n_projections: int | None = None,
         projections: Any = None,
         resample: bool = True,
@@ -80,27 +76,24 @@ class MMDSWToTarget(Functional):
         self._bandwidth_given = self.kernel.bandwidth
         self.target = target
         self.target_masses = class_masses(target, argument="target")
-        if projections is not None:
-            self.projections = check_projections(projections, target.dim, like=target.x)
-            if n_projections is not None and n_projections != self.projections.shape[0]:
-                raise InvalidArgumentError(
-                    f"n_projections={n_projections} disagrees with the {self.projections.shape[0]} rows of projections."
-                )
-        else:
-            self.projections = None
-        # validated here so that a bad L fails before the flow starts
-        self.n_projections = check_n_projections(DEFAULT_PROJECTIONS if n_projections is None else n_projections)
+        # validated here so that a bad L or a mismatched cost fails before the flow starts
+        self.label_cost = kernel_label_cost(
+            self.kernel, inner, n_projections=n_projections, projections=projections, seed=seed
+        )
+        self.sliced = isinstance(self.label_cost, SlicedLabelCost)
+        if self.sliced and projections is not None:
+            self.label_cost.directions(target.dim, target.x)  # checks the shape against the target
         if target_batch is not None and (
             isinstance(target_batch, bool) or not isinstance(target_batch, int) or target_batch < 1
         ):
             raise InvalidArgumentError(f"target_batch must be a positive int or None, got {target_batch!r}.")
+        self.projections = projections
         self.resample, self.target_batch, self.seed = bool(resample), target_batch, int(seed)
         self.reset()
 
     def __repr__(self) -> str:
         return (
-            f"mmd_sw_to(target={self.target.name or 'dataset'!r}, kernel={self.kernel!r}, "
-            f"L={self.n_projections if self.projections is None else self.projections.shape[0]}, "
+            f"mmd_sw_to(target={self.target.name or 'dataset'!r}, kernel={self.kernel!r}, inner={self.label_cost!r}, "
             f"resample={self.resample}, target_batch={self.target_batch})"
         )
 
@@ -144,23 +137,34 @@ class MMDSWToTarget(Functional):
                 self._fixed_theta = pending["theta"].to(device=like.device, dtype=like.dtype)
         self._pending = None
 
-    def _directions(self, like: torch.Tensor) -> torch.Tensor:
+    def _directions(self, like: torch.Tensor) -> torch.Tensor | None:
+        """This step's directions: None for a non-sliced label cost, fixed ones, or a fresh draw."""
+        if not self.sliced:
+            return None
         if self.projections is not None:
-            return self.projections.to(device=like.device, dtype=like.dtype)
+            return self.label_cost.directions(like.shape[1], like)
         if self.resample:
             return draw_directions(
-                self.n_projections, like.shape[1], generator=self._generator, dtype=like.dtype, device=like.device
+                self.label_cost.n_projections,
+                like.shape[1],
+                generator=self._generator,
+                dtype=like.dtype,
+                device=like.device,
             )
         if self._fixed_theta is None:
             self._fixed_theta = draw_directions(
-                self.n_projections, like.shape[1], generator=self._generator, dtype=like.dtype, device=like.device
+                self.label_cost.n_projections,
+                like.shape[1],
+                generator=self._generator,
+                dtype=like.dtype,
+                device=like.device,
             )
         return self._fixed_theta
 
-    def _target_batch(self, target: LabeledDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of this step's target minibatch (or of the whole target)."""
+    def _target_batch(self, target: LabeledDataset) -> LabeledDataset:
+        """This step's target minibatch (or the whole target)."""
         if self.target_batch is None:
-            return target.x, target.y
+            return target
         keys = torch.rand(len(target), generator=self._generator, device=target.x.device, dtype=target.x.dtype)
         order = torch.argsort(keys)
         order = order[torch.argsort(target.y[order], stable=True)]  # random order inside each class
@@ -170,9 +174,16 @@ class MMDSWToTarget(Functional):
         # distances on the fast path (one quantile grid, no merging of levels)
         take = torch.full_like(counts, min(self.target_batch, int(counts.min())))
         picked = torch.cat([order[s : s + t] for s, t in zip(starts.tolist(), take.tolist(), strict=True)])
-        return target.x[picked], target.y[picked]
+        return target.take(picked)
 
-    def value(self, state) -> torch.Tensor:  # noqa: D102
+    def _summary(self, dataset: LabeledDataset, directions: torch.Tensor | None) -> Any:
+        return (
+            self.label_cost.summarize(dataset, directions=directions)
+            if self.sliced
+            else self.label_cost.summarize(dataset)
+        )
+
+    def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
         data = state.dataset()
         x = data.x
         if x.shape[1] != self.target.dim:
@@ -184,24 +195,24 @@ class MMDSWToTarget(Functional):
         self._prepare(x)
         masses = class_masses(data, argument="the flowed dataset")
         theta = self._directions(x)
-        source_sorted = sort_classes(x, state.y, len(state.classes), theta)
-        fixed_target = self.target_batch is None and (self.projections is not None or not self.resample)
+        source_summary = self._summary(data, theta)
+        fixed_target = self.target_batch is None and (
+            not self.sliced or self.projections is not None or not self.resample
+        )
         if fixed_target and self._target_cache is not None:
-            target_sorted = self._target_cache
+            target_summary = self._target_cache
         else:
             with torch.no_grad():
-                tx, ty = self._target_batch(self.target)
-                target_sorted = sort_classes(tx, ty, self.target.num_classes, theta)
+                target_summary = self._summary(self._target_batch(self.target), theta)
             if fixed_target:
-                self._target_cache = target_sorted
-        steps, (index1, index2) = common_grid(source_sorted.counts, target_sorted.counts)
-        value, target_term = mmd_from_quantiles(
+                self._target_cache = target_summary
+        value, target_term = mmd_from_summaries(
             self.kernel,
-            _on_grid(source_sorted, index1),
+            self.label_cost,
+            source_summary,
             masses,
-            _on_grid(target_sorted, index2),
+            target_summary,
             self.target_masses,
-            steps,
             target_term=self._target_term if fixed_target else None,
         )
         if fixed_target:

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.dataset import LabeledDataset
+from ..data.dataset import LabeledDataset, features_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ._utils import batched, check_choice, check_matrix, features_of, module_placement
+from ..utils import batched, check_choice, check_matrix, module_placement
 
 __all__ = ["FrozenClassifier", "CorrespondenceHead", "predict", "accuracy", "MODEL_OUTPUTS"]
 
@@ -73,7 +73,7 @@ class CorrespondenceHead(nn.Module):
     r"""A frozen ``k``-class classifier re-read as a ``k'``-class one through a class coupling (paper §6.4).
 
     The classifier was trained on a dataset :math:`A` with ``k`` classes; the flow starts from a
-    dataset with ``k'`` classes (the *source* of :func:`~datasetflow.models.correspondence.class_correspondence`,
+    dataset with ``k'`` classes (the *source* of :func:`~datasetflow.labels.matching.class_correspondence`,
     whose coupling :math:`\pi` is ``(k', k)``: rows are the flow-source classes, columns the classifier's
     classes, :math:`\pi_{ij}` the mass that source class ``i`` sends to classifier class ``j``).
 

@@ -14,13 +14,12 @@ from torch import nn
 
 from ..data.dataset import LabeledDataset
 from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..utils import check_positive_int, seeded
 from ._utils import (
-    check_positive_int,
     image_layout,
     make_optimizer,
     random_translate,
     resolve_device,
-    seeded,
     to_images,
     train_epochs,
 )

@@ -12,20 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.dataset import LabeledDataset
+from ..data.dataset import LabeledDataset, features_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..flows.result import FlowResult
+from ..utils import batched, check_choice, check_positive_float, check_positive_int, seeded
 from ._utils import (
-    batched,
-    check_choice,
-    check_positive_float,
-    check_positive_int,
-    features_of,
     from_images,
     image_layout,
     make_optimizer,
     resolve_device,
-    seeded,
     to_images,
     train_epochs,
 )

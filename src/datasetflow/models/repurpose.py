@@ -13,9 +13,11 @@ the target class :math:`m(c)` that :math:`c` corresponds to:
   MNIST digits): :math:`m(c) = c`, by class name.
 * ``naming="correspondence"`` (the default otherwise, e.g. garments against digits): before the
   flow, :math:`m` comes from the §6.4 correspondence, the OT coupling of the two class
-  histograms under the OTDD label distances (:func:`class_correspondence`); after the flow, from
-  the WoW coupling between the flowed classes and the target classes (:func:`datasetflow.wow`),
-  which is how WoW flows are evaluated (classes are matched after the flow).
+  histograms under the OTDD label distances (:func:`~datasetflow.labels.matching.class_correspondence`);
+  after the flow, from the WoW coupling between the flowed classes and the target classes
+  (:func:`datasetflow.wow`), which is how WoW flows are evaluated (classes are matched after the
+  flow). Both namings are one to one (:func:`~datasetflow.labels.matching.match_classes`): two
+  source classes are never scored against the same target class.
 
 Unlabeled sources (``flow_labels="kmeans"``): the flow uses k-means pseudo-labels (optionally on
 an embedding, such as the frozen classifier's own features) instead of the source labels; the
@@ -38,11 +40,11 @@ from ..flows.loop import run_flow
 from ..flows.result import FlowResult
 from ..functionals.mmd_sw import mmd_sw_to
 from ..functionals.otdd_target import otdd_to
-from .classifier import predict
-from .correspondence import class_correspondence
-from .pseudo_labels import align_pseudo_labels, pseudo_labels
+from ..labels.matching import class_correspondence, match_classes
+from ..labels.pseudo import align_pseudo_labels, pseudo_labels
+from .classifier import accuracy
 
-__all__ = ["repurpose", "RepurposeResult", "class_targets"]
+__all__ = ["repurpose", "RepurposeResult"]
 
 OBJECTIVES = ("otdd", "mmd-sw")
 
@@ -96,16 +98,13 @@ class RepurposeResult:
         }
 
 
-def class_targets(matching: Sequence[Hashable], target_classes: Sequence[Hashable]) -> torch.Tensor:
-    """``(k',)`` long: the index among ``target_classes`` (the classifier's outputs) of each source class's
-    matched class ``matching[c]``."""
-    index = {c: j for j, c in enumerate(target_classes)}
-    return torch.as_tensor([index[m] for m in matching], dtype=torch.long)
-
-
-def _score(classifier: Callable, x: torch.Tensor, y: torch.Tensor, expected: torch.Tensor) -> float:
-    predicted = predict(classifier, x)
-    return float((predicted.cpu() == expected[y.cpu()]).double().mean())
+def _score(
+    classifier: Callable, x: torch.Tensor, y: torch.Tensor, matching: Sequence[Hashable], target: LabeledDataset
+) -> float:
+    """Accuracy of ``classifier`` on ``x`` when a sample of source class ``c`` counts as correct if the
+    classifier predicts ``matching[c]`` (outputs named after ``target.classes``)."""
+    named = LabeledDataset.from_tensors(x, y.to(x.device), torch.full_like(x[:, 0], 1.0 / len(x)), tuple(matching))
+    return accuracy(classifier, named, target_classes=target.classes)
 
 
 def repurpose(
@@ -173,9 +172,8 @@ def repurpose(
         before = list(source.classes)
     else:
         coupling = class_correspondence(source, target)
-        before = [target.classes[j] for j in coupling.argmax(1).tolist()]
-    expected = class_targets(before, target.classes)
-    accuracy_before = _score(classifier, source.x, true_y, expected)
+        before = [target.classes[j] for j in match_classes(coupling, maximize=True).tolist()]
+    accuracy_before = _score(classifier, source.x, true_y, before, target)
 
     pseudo_accuracy = None
     flow_source = source
@@ -209,15 +207,14 @@ def repurpose(
     def evaluate(step: int, state, info) -> None:
         if eval_every and step % eval_every == 0:
             with torch.no_grad():
-                curve.append((step, _score(classifier, state.x.detach(), true_y, expected_now(state))))
+                curve.append((step, _score(classifier, state.x.detach(), true_y, matching_now(state), target)))
 
-    def expected_now(state) -> torch.Tensor:
-        """``(k',)`` the classifier index each true source class is scored against at this step."""
+    def matching_now(state) -> list[Hashable]:
+        """The target class each true source class is scored against at this step."""
         if naming == "names":
-            return expected
+            return before
         flowed = state.dataset().with_features(state.x.detach())
-        matched = wow(flowed, target, ground="exact").matched_classes
-        return class_targets(_source_matching(flow_source, matched, true_y, source), target.classes)
+        return _source_matching(flow_source, wow(flowed, target, inner="exact").matched_classes, true_y, source)
 
     if eval_every:
         curve.append((0, accuracy_before))
@@ -236,11 +233,10 @@ def repurpose(
     seconds = time.perf_counter() - start
     if naming == "names":
         after = before
-        accuracy_after = _score(classifier, result.final.x, true_y, expected)
     else:
-        matched = wow(result.final, target, ground="exact").matched_classes
+        matched = wow(result.final, target, inner="exact").matched_classes
         after = _source_matching(flow_source, matched, true_y, source)
-        accuracy_after = _score(classifier, result.final.x, true_y, class_targets(after, target.classes))
+    accuracy_after = _score(classifier, result.final.x, true_y, after, target)
     if eval_every and (not curve or curve[-1][0] != result.steps):
         curve.append((result.steps, accuracy_after))
     return RepurposeResult(
@@ -268,8 +264,8 @@ def repurpose(
 
 def _source_matching(flow_source, matched, true_y, source) -> list[Hashable]:
     """For each true source class, the target class it is scored against after the flow: the matched
-    class of the flow class (cluster) holding most of its samples."""
+    class of the flow class (cluster) it is assigned to, one to one, by the overlap of their samples."""
     flow_y = flow_source.y.cpu()
-    counts = torch.zeros(source.num_classes, flow_source.num_classes)
-    counts.index_put_((true_y.cpu(), flow_y), torch.ones(len(flow_y)), accumulate=True)
-    return [matched[k] for k in counts.argmax(1).tolist()]
+    counts = torch.zeros(source.num_classes, flow_source.num_classes, dtype=torch.float64)
+    counts.index_put_((true_y.cpu(), flow_y), torch.ones(len(flow_y), dtype=torch.float64), accumulate=True)
+    return [matched[k] for k in match_classes(counts, maximize=True).tolist()]

@@ -12,11 +12,24 @@ from .exact import exact_ot
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
-__all__ = ["solve", "METHODS", "GRADS", "BACKENDS", "choose_backend"]
+__all__ = ["solve", "METHODS", "GRADS", "BACKENDS", "choose_backend", "DEFAULT_RELATIVE_REG", "relative_reg"]
 
 METHODS = ("exact", "sinkhorn")
 GRADS = ("envelope", "autodiff", "detach")
 BACKENDS = ("auto", "dense", "chunked")
+
+#: Default entropic regularisation, as a fraction of the mean ground cost :math:`\sum_{ij} a_i b_j C_{ij}`.
+DEFAULT_RELATIVE_REG = 0.05
+
+
+def relative_reg(reg: float | None, scale: float, fraction: float = DEFAULT_RELATIVE_REG) -> float:
+    """``reg`` if given, else ``fraction * scale`` (the default relative to the cost scale)."""
+    if reg is not None:
+        return reg
+    if not fraction > 0:
+        raise InvalidArgumentError(f"the relative regularisation must be positive, got {fraction!r}.")
+    return fraction * scale if scale > 0 else fraction
+
 
 #: Largest dense cost (in bytes) the "auto" backend materialises; larger costs are chunked.
 DENSE_BYTES_LIMIT = 1 << 30

@@ -34,7 +34,7 @@ import warnings
 import torch
 
 from ..costs.ground import CostOperator
-from ..errors import ConvergenceWarning, InvalidArgumentError
+from ..errors import ConvergenceWarning, InvalidArgumentError, RegularizationError
 from .envelope import attach_envelope
 from .result import OTResult
 
@@ -47,7 +47,7 @@ def check_reg(reg: float, scale: float, dtype: torch.dtype) -> float:
         raise InvalidArgumentError(f"reg must be a positive finite float for entropic OT, got {reg!r}.")
     finfo = torch.finfo(dtype)
     if reg < finfo.tiny or reg < abs(scale) * finfo.eps:
-        raise InvalidArgumentError(
+        raise RegularizationError(
             f"reg={reg!r} underflows: with a cost scale of {scale:.4g}, C/reg exceeds the precision of {dtype} "
             f"(eps={finfo.eps:.2g}). Use reg >= {abs(scale) * finfo.eps * 10:.3g}, a float64 cost, or method='exact'."
         )

@@ -14,21 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..data.dataset import LabeledDataset
-from ..distances.label_costs import LabelCost
+from ..data.dataset import LabeledDataset, check_dataset_pair, features_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ._utils import (
-    batched,
-    check_choice,
-    check_dataset_pair,
-    check_matrix,
-    check_positive_int,
-    features_of,
-    module_placement,
-    seeded,
-    sklearn_missing,
-)
-from .correspondence import label_distance_matrix, match_classes
+from ..utils import batched, check_choice, check_matrix, check_positive_int, missing_extra, module_placement, seeded
+from .costs import LabelCost
+from .matching import label_distance_matrix, match_classes
 
 __all__ = ["pseudo_labels", "align_pseudo_labels", "embed", "CLUSTERING_METHODS", "EMBEDDINGS", "ALIGN_COSTS"]
 
@@ -118,7 +108,7 @@ def pseudo_labels(
     try:
         from sklearn.cluster import KMeans
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise sklearn_missing("pseudo_labels") from exc
+        raise missing_extra("pseudo_labels", "scikit-learn", "cluster") from exc
     points = embed(x, embedding, n_components=n_components, seed=seed).cpu().double().numpy()
     sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
     codes = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points, sample_weight=sample_weight)
@@ -144,9 +134,9 @@ def align_pseudo_labels(
     r"""Rename the clusters of ``pseudo`` after the classes of ``reference`` by a minimum-cost matching.
 
     With :math:`D_{kc}` a cost between cluster ``k`` and reference class ``c``, cluster ``k`` is
-    renamed ``reference.classes[σ(k)]`` where :math:`\sigma` = :func:`~datasetflow.models.correspondence.match_classes`
-    (a permutation minimising :math:`\sum_k D_{k\sigma(k)}` when the class counts agree, else the
-    argmax of the exact OT coupling between the class masses).
+    renamed ``reference.classes[σ(k)]`` where :math:`\sigma` = :func:`~datasetflow.labels.matching.match_classes`
+    (a one-to-one assignment minimising :math:`\sum_k D_{k\sigma(k)}`; with more clusters than classes
+    the clusters left over take their cheapest class).
 
     Args:
         pseudo: dataset with ``K`` clusters, e.g. from :func:`pseudo_labels`.
@@ -172,9 +162,7 @@ def align_pseudo_labels(
             matrix = torch.cdist(_class_means(pseudo), other) ** 2
     else:
         matrix = check_matrix("cost", cost, shape)
-    a = pseudo.class_weights()
-    b = reference.class_weights().to(device=a.device, dtype=a.dtype)
-    matched = match_classes(matrix.to(device=a.device, dtype=a.dtype), a=a, b=b).tolist()
+    matched = match_classes(matrix).tolist()
     labels = [reference.classes[matched[k]] for k in pseudo.y.tolist()]
     used = set(matched)
     kept = [c for j, c in enumerate(reference.classes) if j in used]

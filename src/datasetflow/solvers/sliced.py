@@ -1,4 +1,4 @@
-r"""Exact sliced Wasserstein distances, between point clouds and between all class pairs.
+r"""Exact sliced Wasserstein distances: directions, 1-D transport by sorting, class quantiles.
 
 For probability measures :math:`\mu, \nu` on :math:`\mathbb{R}^d` and unit directions
 :math:`\theta_1, \dots, \theta_L`,
@@ -10,7 +10,8 @@ and every 1-D :math:`W_p^p` is computed *exactly* from the quantile functions,
 functions are step functions, so the integral is a finite sum over the merged quantile levels
 (the union of the two sets of cumulative weights): sizes and weights may differ.
 
-The class-pair version (:func:`class_sliced_wasserstein`) treats each class of a labeled
+The class-pair machinery (:func:`sort_classes`, :func:`common_grid`, :func:`pairwise_sliced`,
+used by :class:`~datasetflow.labels.sliced.SlicedLabelCost`) treats each class of a labeled
 dataset as a uniform cloud :math:`\mu_c = \frac{1}{n_c}\sum_{i \in c} \delta_{x_i}`. All
 classes are projected with one matrix product, sorted per class, and expanded onto one common
 grid of quantile levels (which depends on the class sizes only, not on the directions), so that
@@ -30,13 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.dataset import LabeledDataset
 from ..errors import EmptyDatasetError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
 
 __all__ = [
     "sliced_wasserstein",
-    "class_sliced_wasserstein",
+    "wasserstein_1d",
     "draw_directions",
+    "resolve_directions",
+    "check_p",
+    "quantile_grid",
+    "common_grid",
+    "on_grid",
     "check_projections",
     "check_n_projections",
     "SortedClasses",
@@ -97,7 +102,7 @@ def check_projections(projections: Any, dim: int, *, like: torch.Tensor) -> torc
     return theta.to(device=like.device, dtype=like.dtype)
 
 
-def _directions(
+def resolve_directions(
     projections: Any,
     n_projections: int | None,
     dim: int,
@@ -105,6 +110,9 @@ def _directions(
     generator: torch.Generator | None,
     seed: int | None,
 ) -> torch.Tensor:
+    """``(L, d)`` directions: ``projections`` (validated) if given, else ``n_projections`` (default
+    :data:`DEFAULT_PROJECTIONS`) drawn from ``generator`` or from a generator seeded with ``seed``
+    (default 0), on the device and dtype of ``like``."""
     if projections is not None:
         if n_projections is not None and n_projections != torch.as_tensor(projections).shape[0]:
             raise InvalidArgumentError(
@@ -118,7 +126,8 @@ def _directions(
     return draw_directions(count, dim, generator=generator, dtype=like.dtype, device=like.device)
 
 
-def _check_p(p: Any) -> float:
+def check_p(p: Any) -> float:
+    """``p`` as a float after checking it is a number ``>= 1``."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 1:
         raise InvalidArgumentError(f"p must be a number >= 1, got {p!r}.")
     return float(p)
@@ -150,8 +159,9 @@ def _as_weights(name: str, weights: Any, n: int, like: torch.Tensor) -> torch.Te
     return w / w.sum()
 
 
-def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, p: float):
-    """``(L,)`` exact :math:`W_p^p` between the rows of ``u`` ``(L, n)`` and ``v`` ``(L, m)``."""
+def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, p: float):
+    """``(L,)`` exact :math:`W_p^p` between the rows of ``u`` ``(L, n)`` and ``v`` ``(L, m)``, with optional
+    normalised weights ``a`` ``(n,)`` and ``b`` ``(m,)`` (uniform when None); see the module docstring."""
     if a is None and b is None and u.shape[1] == v.shape[1]:
         return (u.sort(dim=1).values - v.sort(dim=1).values).abs().pow(p).mean(dim=1)
     num_l, n = u.shape
@@ -215,11 +225,11 @@ def sliced_wasserstein(
     if x.shape[1] != y.shape[1]:
         raise ShapeMismatchError(f"x has dimension {x.shape[1]} (shape {tuple(x.shape)}) but y has {y.shape[1]}.")
     y = y.to(device=x.device, dtype=x.dtype)
-    p = _check_p(p)
+    p = check_p(p)
     a = _as_weights("x_weights", x_weights, x.shape[0], x)
     b = _as_weights("y_weights", y_weights, y.shape[0], x)
-    theta = _directions(projections, n_projections, x.shape[1], x, generator, seed)
-    return _wasserstein_1d((x @ theta.T).T, (y @ theta.T).T, a, b, p).mean()
+    theta = resolve_directions(projections, n_projections, x.shape[1], x, generator, seed)
+    return wasserstein_1d((x @ theta.T).T, (y @ theta.T).T, a, b, p).mean()
 
 
 # ---------------------------------------------------------------------- class pairs
@@ -285,7 +295,7 @@ def quantile_grid(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(steps), torch.as_tensor(index)[rows]
 
 
-def _on_grid(sorted_classes: SortedClasses, index: torch.Tensor | None) -> torch.Tensor:
+def on_grid(sorted_classes: SortedClasses, index: torch.Tensor | None) -> torch.Tensor:
     """``(C, K, L)`` quantiles of every class on the common grid."""
     values = sorted_classes.values
     if index is None:
@@ -361,38 +371,3 @@ def pairwise_sliced(
         eye = torch.eye(out.shape[0], dtype=torch.bool, device=out.device)
         out = torch.where(eye, torch.zeros_like(out), out)
     return out.to(quantiles1.dtype)
-
-
-def class_sliced_wasserstein(
-    source: LabeledDataset,
-    target: LabeledDataset | None = None,
-    *,
-    projections: Any = None,
-    n_projections: int | None = None,
-    p: float = 2,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-) -> torch.Tensor:
-    r"""``(C1, C2)`` matrix :math:`\mathrm{SW}_p^p(\mu_c, \nu_{c'})` between every source and target class.
-
-    Each class is the uniform cloud of its samples (sample weights are not used inside a class).
-    All classes share the same ``L`` directions, one projection product per dataset, and one Gram
-    product for ``p = 2``. With ``target=None`` the source is compared with itself (symmetric,
-    zero diagonal). Differentiable in the features of both datasets.
-
-    Args: as :func:`sliced_wasserstein`.
-    """
-    if not isinstance(source, LabeledDataset) or not (target is None or isinstance(target, LabeledDataset)):
-        raise InvalidArgumentError("source and target must be LabeledDatasets.")
-    p = _check_p(p)
-    if target is not None and target.dim != source.dim:
-        raise ShapeMismatchError(f"source has dimension {source.dim} but target has {target.dim}.")
-    theta = _directions(projections, n_projections, source.dim, source.x, generator, seed)
-    sorted1 = sort_classes(source.x, source.y, source.num_classes, theta)
-    if target is None:
-        steps, (index1,) = common_grid(sorted1.counts)
-        return pairwise_sliced(_on_grid(sorted1, index1), None, steps, p)
-    x2 = target.x.to(device=source.x.device, dtype=source.x.dtype)
-    sorted2 = sort_classes(x2, target.y.to(source.x.device), target.num_classes, theta)
-    steps, (index1, index2) = common_grid(sorted1.counts, sorted2.counts)
-    return pairwise_sliced(_on_grid(sorted1, index1), _on_grid(sorted2, index2), steps, p)
