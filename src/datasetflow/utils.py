@@ -27,6 +27,8 @@ __all__ = [
     "missing_extra",
     "write_atomic",
     "deterministic",
+    "available_memory",
+    "check_memory",
 ]
 
 
@@ -131,3 +133,33 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` on Linux), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(needed: int, what: str, hint: str) -> None:
+    """Refuse, before allocating, work whose estimated memory ``needed`` (bytes) exceeds what is available.
+
+    Raises:
+        InvalidArgumentError: naming ``what``, the estimate, the available memory and ``hint``.
+    """
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InvalidArgumentError(
+            f"{what} would need about {needed / 2**30:.1f} GiB of memory but only {available / 2**30:.1f} GiB is "
+            f"available; {hint}"
+        )
+

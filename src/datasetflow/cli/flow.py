@@ -530,7 +530,7 @@ def run_flow_command(
     write_json_atomic(out / "history.json", history)
     written += figure_files
     if diverged is not None:
-        raise _error(f"{diverged} The last good particles are in {out / 'final.npz'}; try a smaller --step-size.")
+        raise _error(f"{diverged} The last good particles are in {out / 'final.npz'}.")
 
     objective = result.objective
     first = f"{objective[0]:.6g}" if objective else "n/a"

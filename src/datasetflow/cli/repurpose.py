@@ -108,6 +108,13 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
 
     from ..models import repurpose
 
+    out = Path(params["out"])
+    if out.exists() and not out.is_dir():
+        raise _error(f"--out {str(out)!r} exists and is not a directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _error(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}.") from None
     device, dtype = torch_device_dtype(params["device"], params["dtype"])
     source, target, load_seconds = load_datasets(
         params["source"],
@@ -120,13 +127,6 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         seed=params["seed"],
     )
     classifier = load_classifier(params["classifier"], target, device)
-    out = Path(params["out"])
-    if out.exists() and not out.is_dir():
-        raise _error(f"--out {str(out)!r} exists and is not a directory.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _error(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}.") from None
     steps = params["steps"]
     embedding = None
     if params["unsupervised"]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -223,6 +222,11 @@ class LabeledDataset:
         name: str | None = None,
     ) -> None:
         features = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        if features.is_complex():
+            raise InvalidArgumentError(
+                f"x is complex ({features.dtype}, shape {tuple(features.shape)}); datasetflow works with real "
+                "features. Pass x.real, x.abs() or stack the real and imaginary parts as features."
+            )
         if dtype is None:
             dtype = features.dtype if features.is_floating_point() else torch.get_default_dtype()
         if not dtype.is_floating_point:
@@ -263,19 +267,6 @@ class LabeledDataset:
         self.name = name
 
     # ------------------------------------------------------------------ constructors
-    @classmethod
-    def from_npz(cls, path: str | PathLike[str], **kwargs: Any) -> LabeledDataset:
-        """Load an ``.npz`` file with keys ``x`` (features) and ``y`` (labels), and
-        optionally ``classes`` (names, with ``y`` indexing into them) and ``weights``.
-
-        The file is read with ``allow_pickle=False``. Keyword arguments go to
-        :func:`datasetflow.data.loaders.load_npz` (``scale``, ``resize``, ``dtype``,
-        ``device``, ``name``); ``uint8`` features are mapped to ``[0, 1]`` by default.
-        """
-        from .loaders import load_npz
-
-        return load_npz(path, **kwargs)
-
     @classmethod
     def from_tensors(
         cls,

@@ -87,6 +87,7 @@ from ..errors import (
     InvalidArgumentError,
     ShapeMismatchError,
 )
+from ..utils import check_memory
 from .dataset import LabeledDataset
 
 __all__ = [
@@ -442,6 +443,17 @@ def _features(x_np: np.ndarray, *, scale: Any, size: tuple[int, int] | None, dty
     else:
         source_dtype = None
     target = dtype or source_dtype or torch.get_default_dtype()
+    itemsize = torch.finfo(target).bits // 8
+    if size is not None and x_np.ndim >= 3:
+        pixels = int(np.prod(x_np.shape[1:]))
+        channels = 1 if x_np.ndim == 3 else (x_np.shape[-1] if x_np.shape[-1] <= 4 else x_np.shape[1])
+        resized = size[0] * size[1] * channels
+        # the float copy, the interpolated images and the scaled copy live at once
+        check_memory(
+            x_np.shape[0] * (pixels + 2 * resized) * itemsize,
+            f"resizing {x_np.shape[0]} images of shape {tuple(x_np.shape[1:])} to {size[0]}x{size[1]}",
+            "choose a smaller size.",
+        )
     features = torch.from_numpy(np.ascontiguousarray(x_np)).to(dtype=target)
     if size is not None:
         features = _resize_images(features, size)

@@ -43,7 +43,11 @@ class OTDDResult:
     """Result of :func:`otdd`.
 
     Attributes:
-        distance_squared: 0-d tensor, the OT value with the OTDD ground cost (differentiable).
+        distance_squared: 0-d tensor, the OT value with the OTDD ground cost (differentiable), clamped at 0.
+            The debiased Sinkhorn divergence is non-negative in exact arithmetic for the squared-Euclidean
+            part of the cost, but its value near identical datasets is a difference of nearly equal terms and
+            can come out around ``-1e-5`` relative in float32 (and a label cost that is not of negative type
+            can make it genuinely negative): the raw, signed value is ``ot.value``.
         distance: 0-d tensor, its square root (the paper's OTDD); the gradient at 0 is 0.
         label_distances: ``(C1, C2)`` squared W2 between source and target classes.
         source_classes, target_classes: the class names, in the order of ``label_distances``.
@@ -233,7 +237,9 @@ def otdd(
         known_self_values=None if target_self is None else (None, target_self[1]),
         potentials_init=potentials_init if outer == "sinkhorn" else None,
     )
-    distance_squared = result.value
+    # the debiased divergence can come out slightly below 0 (round-off near identical datasets): report 0,
+    # keep the raw value (and its gradient) in result.ot.value
+    distance_squared = result.value.clamp_min(0)
     if label_matrix is None:
         label_matrix = label_cost.between(source, target, source_stats=source_stats, target_stats=target_stats)
     config = {
