@@ -85,3 +85,12 @@ def run_quick_experiment(name: str, tmp_path: Path, timeout: int = 600) -> tuple
     payload = json.loads((results / f"{name}.json").read_text())
     assert payload["quick"] is True
     return payload, figures, run.stdout
+
+
+def one_line_error(result) -> str:
+    """The single ``Error: ...`` line of a CLI result that failed with exit status 2 (asserts that shape)."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]

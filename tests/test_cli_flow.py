@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("click.testing")
 yaml = pytest.importorskip("yaml")
 
-from conftest import invoke_cli  # noqa: E402
+from conftest import invoke_cli, one_line_error  # noqa: E402
 from datasetflow.cli import flow as cli_flow  # noqa: E402
 from datasetflow.data import DATA_DIR_ENV, load_npz  # noqa: E402
 
@@ -46,14 +46,6 @@ def blobs(tmp_path):
 
 
 FAST = ("--outer", "exact", "--step-size", "0.5", "--no-figures")
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------------- outputs
@@ -115,14 +107,14 @@ def test_resume_refuses_changed_settings_and_a_checkpoint_past_steps(blobs, tmp_
     source, target = blobs
     out = tmp_path / "run"
     assert invoke("flow", source, target, "--steps", "4", "--out", out, *FAST, "-q").exit_code == 0
-    line = _one_line_error(
+    line = one_line_error(
         invoke("flow", source, target, "--steps", "8", "--out", out, *FAST, "--seed", "1", "--resume")
     )
     assert "seed=1 (was 0)" in line
-    line = _one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST, "--resume"))
+    line = one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST, "--resume"))
     assert "step 4" in line and "--steps 2" in line
     # a new run in the same directory is refused unless --overwrite, which replaces the old run
-    line = _one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST))
+    line = one_line_error(invoke("flow", source, target, "--steps", "2", "--out", out, *FAST))
     assert "holds another run" in line and "--overwrite" in line and "--resume" in line
     assert (out / "checkpoint.pt").exists()
     replaced = invoke(
@@ -130,7 +122,7 @@ def test_resume_refuses_changed_settings_and_a_checkpoint_past_steps(blobs, tmp_
     )
     assert replaced.exit_code == 0, replaced.stderr
     assert not (out / "checkpoint.pt").exists()
-    assert "no checkpoint" in _one_line_error(invoke("flow", source, target, "--steps", "4", "--out", out, "--resume"))
+    assert "no checkpoint" in one_line_error(invoke("flow", source, target, "--steps", "4", "--out", out, "--resume"))
 
 
 # ---------------------------------------------------------------------- configs
@@ -208,7 +200,7 @@ def _config(tmp_path, blobs, **extra) -> Path:
 )
 def test_bad_options_are_one_line_errors(blobs, tmp_path, args, fragments):
     source, target = blobs
-    line = _one_line_error(invoke("flow", source, target, "--steps", "2", "--out", tmp_path / "o", *FAST, *args))
+    line = one_line_error(invoke("flow", source, target, "--steps", "2", "--out", tmp_path / "o", *FAST, *args))
     for fragment in fragments:
         assert fragment in line
     assert not (tmp_path / "o").exists()
@@ -233,7 +225,7 @@ def test_bad_options_are_one_line_errors(blobs, tmp_path, args, fragments):
 )
 def test_bad_configs_are_one_line_errors(blobs, tmp_path, extra, fragments):
     path = _config(tmp_path, blobs, **extra)
-    line = _one_line_error(invoke("flow", "--config", path, "--out", tmp_path / "o", "--no-figures"))
+    line = one_line_error(invoke("flow", "--config", path, "--out", tmp_path / "o", "--no-figures"))
     assert line.startswith(f"Error: {path}") or "Invalid value" not in line
     for fragment in fragments:
         assert fragment in line, line
@@ -244,25 +236,25 @@ def test_invalid_yaml_and_missing_settings(blobs, tmp_path):
     source, target = blobs
     path = tmp_path / "broken.yaml"
     path.write_text("source: a.npz\ntarget: [b.npz\nsteps: 2\n")
-    assert "invalid YAML (line 3" in _one_line_error(invoke("flow", "--config", path, "--out", tmp_path / "o"))
-    assert "--steps" in _one_line_error(invoke("flow", source, target, "--out", tmp_path / "o"))
-    assert "--out" in _one_line_error(invoke("flow", source, target, "--steps", "2"))
-    assert "SOURCE" in _one_line_error(invoke("flow", "--steps", "2", "--out", tmp_path / "o"))
+    assert "invalid YAML (line 3" in one_line_error(invoke("flow", "--config", path, "--out", tmp_path / "o"))
+    assert "--steps" in one_line_error(invoke("flow", source, target, "--out", tmp_path / "o"))
+    assert "--out" in one_line_error(invoke("flow", source, target, "--steps", "2"))
+    assert "SOURCE" in one_line_error(invoke("flow", "--steps", "2", "--out", tmp_path / "o"))
 
 
 @pytest.mark.fast
 def test_resume_without_checkpoint(blobs, tmp_path):
     source, target = blobs
-    line = _one_line_error(invoke("flow", source, target, "--steps", "4", "--out", tmp_path / "empty", "--resume"))
+    line = one_line_error(invoke("flow", source, target, "--steps", "4", "--out", tmp_path / "empty", "--resume"))
     assert "--resume" in line and "no checkpoint" in line and "checkpoint.pt" in line
 
 
 @pytest.mark.fast
 def test_dimension_mismatch(blobs, tmp_path):
     source, _ = blobs
-    line = _one_line_error(invoke("flow", source, "mnist-mini", "--steps", "2", "--out", tmp_path / "o"))
+    line = one_line_error(invoke("flow", source, "mnist-mini", "--steps", "2", "--out", tmp_path / "o"))
     assert "d=2" in line and "d=784" in line
-    line = _one_line_error(invoke("flow", "usps-mini", "mnist-mini", "--steps", "2", "--out", tmp_path / "o"))
+    line = one_line_error(invoke("flow", "usps-mini", "mnist-mini", "--steps", "2", "--out", tmp_path / "o"))
     assert "--resize" in line
 
 
@@ -408,7 +400,7 @@ def test_mmd_sw_term_in_a_config_and_otdd_options_are_flagged(blobs, tmp_path):
 )
 def test_mmd_sw_bad_options(blobs, tmp_path, args, fragments):
     source, target = blobs
-    line = _one_line_error(
+    line = one_line_error(
         invoke(
             "flow",
             source,

@@ -13,20 +13,13 @@ import torch
 pytest.importorskip("click.testing")
 
 from conftest import invoke_cli as invoke  # noqa: E402
+from conftest import one_line_error  # noqa: E402
 from datasetflow import LabeledDataset, load_dataset, otdd_to, run_flow  # noqa: E402
 from datasetflow.errors import InvalidArgumentError  # noqa: E402
 from datasetflow.flows import FlowDivergedError, load_checkpoint, save_checkpoint  # noqa: E402
 from datasetflow.functionals import Functional  # noqa: E402
 
 FAST = ("--outer", "exact", "--step-size", "0.5", "--no-figures", "-q")
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def blobs(tmp_path):
 def test_a_diverging_flow_stops_names_the_step_and_keeps_the_last_good_state(tmp_path):
     out = tmp_path / "run"
     args = ("usps-mini", "mnist-mini", "--resize", "28x28", "--steps", "30", "--step-size", "10", "--no-figures")
-    line = _one_line_error(invoke("flow", *args, "--out", out))
+    line = one_line_error(invoke("flow", *args, "--out", out))
     assert "diverged at step" in line and "smaller step size" in line
     assert "underflow" not in line and "reg=" not in line  # the real cause, not a symptom the user did not set
     history = json.loads((out / "history.json").read_text())
@@ -58,7 +51,7 @@ def test_a_diverging_flow_stops_names_the_step_and_keeps_the_last_good_state(tmp
 @pytest.mark.fast
 def test_a_float64_exact_flow_with_a_huge_step_is_one_line(tmp_path):
     args = ("usps-mini", "mnist-mini", "--resize", "28x28", "--steps", "5", "--step-size", "1e6", "--outer", "exact")
-    line = _one_line_error(invoke("flow", *args, "--dtype", "float64", "--out", tmp_path / "r", "--no-figures"))
+    line = one_line_error(invoke("flow", *args, "--dtype", "float64", "--out", tmp_path / "r", "--no-figures"))
     assert "diverged" in line
 
 
@@ -95,13 +88,13 @@ def test_an_out_that_cannot_be_created_is_one_line(blobs, tmp_path, command):
             result = invoke("flow", source, target, "--steps", "2", "--out", out, *FAST)
         else:
             result = invoke("repurpose", "--steps", "1", "--out", out, "--no-figures", "-q")
-        line = _one_line_error(result)
+        line = one_line_error(result)
         assert "--out" in line and str(out) in line
 
 
 @pytest.mark.fast
 def test_a_resize_that_cannot_fit_in_memory_is_refused_with_the_estimate():
-    line = _one_line_error(invoke("distance", "usps-mini", "mnist-mini", "--resize", "3000x3000"))
+    line = one_line_error(invoke("distance", "usps-mini", "mnist-mini", "--resize", "3000x3000"))
     assert "3000x3000" in line and "GiB" in line and "available" in line
 
 
@@ -122,18 +115,18 @@ def test_broken_checkpoints_are_one_line_errors(blobs, tmp_path):
 
     wrong_shape = {**good, "params": {"x": torch.zeros(7, 2)}}
     save_checkpoint(checkpoint, wrong_shape)
-    assert "shape" in _one_line_error(invoke(*resume))
+    assert "shape" in one_line_error(invoke(*resume))
 
     missing = {k: v for k, v in good.items() if k != "optimizer"}
     save_checkpoint(checkpoint, missing)
-    assert "optimizer" in _one_line_error(invoke(*resume))
+    assert "optimizer" in one_line_error(invoke(*resume))
 
     data = bytearray(checkpoint.read_bytes())
     checkpoint.write_bytes(bytes(data[: len(data) // 2]))  # killed half-way through a write
-    assert "truncated or corrupted" in _one_line_error(invoke(*resume))
+    assert "truncated or corrupted" in one_line_error(invoke(*resume))
 
     checkpoint.write_bytes(b"\x80\x04 not a checkpoint")
-    line = _one_line_error(invoke(*resume))
+    line = one_line_error(invoke(*resume))
     assert "not a datasetflow checkpoint" in line and "weights_only" not in line
 
 
@@ -143,7 +136,7 @@ def test_the_resume_check_reads_the_checkpoint_itself(blobs, tmp_path):
     out = tmp_path / "run"
     assert invoke("flow", source, target, "--steps", "4", "--out", out, *FAST).exit_code == 0
     assert not (out / "settings.json").exists()  # nothing beside the checkpoint to delete or corrupt
-    line = _one_line_error(
+    line = one_line_error(
         invoke("flow", source, target, "--steps", "8", "--out", out, *FAST[:2], "--step-size", "0.3", "--resume")
     )
     assert "step_size=0.3 (was 0.5)" in line
@@ -155,7 +148,7 @@ def test_resuming_a_cosine_schedule_past_its_total_is_refused_with_the_straight_
     out = tmp_path / "run"
     cosine = ("--schedule", "cosine", "--checkpoint-every", "2")
     assert invoke("flow", source, target, "--steps", "4", "--out", out, *FAST, *cosine).exit_code == 0
-    line = _one_line_error(invoke("flow", source, target, "--steps", "8", "--out", out, *FAST, *cosine, "--resume"))
+    line = one_line_error(invoke("flow", source, target, "--steps", "8", "--out", out, *FAST, *cosine, "--resume"))
     assert "cosine schedule" in line and "--steps 4" in line and "new run with --steps 8" in line
 
 
@@ -197,7 +190,7 @@ def test_flows_are_bit_identical_under_two_threads():
     ],
 )
 def test_usage_errors_are_one_line(args):
-    _one_line_error(invoke(*args))
+    one_line_error(invoke(*args))
 
 
 @pytest.mark.fast
@@ -207,7 +200,7 @@ def test_an_unreadable_classifier_is_one_line(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file at all")
     for path in (pickled, garbage):
-        line = _one_line_error(
+        line = one_line_error(
             invoke("repurpose", "--classifier", path, "--steps", "1", "--out", tmp_path / "o", "--no-figures")
         )
         assert str(path) in line and "weights_only=False" not in line

@@ -10,21 +10,8 @@ from .data import ClassStats, LabeledDataset, load_dataset, load_npz
 from .distances import OTDDResult, WoWResult, mmd_sw, otdd, wow
 from .errors import DatasetflowError
 from .flows import FlowResult, run_flow
-from .functionals import (
-    Functional,
-    ball_constraint,
-    class_repulsion,
-    collapse,
-    entropy,
-    from_config,
-    hyperplane_margin,
-    interaction,
-    mmd_sw_to,
-    norm_potential,
-    otdd_to,
-    potential,
-    quadratic_repulsion,
-)
+from .functionals import Functional, energies, from_config, mmd_sw_to, otdd_to
+from .functionals.energies import *  # noqa: F403 - potentials, interactions and entropy
 from .labels import (
     ExactLabelCost,
     GaussianLabelCost,
@@ -71,15 +58,8 @@ __all__ = [
     "Functional",
     "from_config",
     "otdd_to",
-    "potential",
-    "interaction",
-    "entropy",
-    "norm_potential",
-    "hyperplane_margin",
-    "ball_constraint",
-    "collapse",
-    "class_repulsion",
-    "quadratic_repulsion",
+    *energies.__all__,
     "errors",
     "__version__",
 ]
+del energies

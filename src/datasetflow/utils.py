@@ -162,4 +162,3 @@ def check_memory(needed: int, what: str, hint: str) -> None:
             f"{what} would need about {needed / 2**30:.1f} GiB of memory but only {available / 2**30:.1f} GiB is "
             f"available; {hint}"
         )
-

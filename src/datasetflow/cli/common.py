@@ -117,18 +117,15 @@ def torch_device_dtype(device: str, dtype: str) -> tuple[Any, Any]:
     return torch_device, {"float32": torch.float32, "float64": torch.float64}[dtype]
 
 
-def load_datasets(
-    source: str,
-    target: str | None,
-    *,
-    data_dir: str | None,
-    resize: tuple[int, int] | None,
-    device: Any,
-    dtype: Any,
-    max_samples: int | None,
-    seed: int,
-) -> tuple[Any, Any, float]:
-    """Load SOURCE (and TARGET, unless None), subsample them, and check that their dimensions agree.
+def load_datasets(source: str, target: str | None, options: dict[str, Any], seed: int) -> tuple[Any, Any, float]:
+    """Load SOURCE (and TARGET, unless None) with the data options, subsample them, and check that their
+    dimensions agree.
+
+    Args:
+        source, target: dataset names or paths (``target`` may be None).
+        options: the data options of the command: ``data_dir``, ``resize``, ``device``, ``dtype`` (strings,
+            as given on the command line) and ``max_samples``.
+        seed: seed of the ``--max-samples`` subsampling.
 
     Returns:
         ``(source, target or None, seconds spent loading)``.
@@ -140,14 +137,15 @@ def load_datasets(
     from ..data import load_dataset
     from ..errors import ShapeMismatchError
 
+    device, dtype = torch_device_dtype(options["device"], options["dtype"])
     start = time.perf_counter()
     loaded = []
     for spec in (source, target):
         if spec is None:
             loaded.append(None)
             continue
-        ds = load_dataset(spec, data_dir=data_dir, resize=resize, dtype=dtype, device=device)
-        loaded.append(subsample(ds, max_samples, seed))
+        ds = load_dataset(spec, data_dir=options["data_dir"], resize=options["resize"], dtype=dtype, device=device)
+        loaded.append(subsample(ds, options["max_samples"], seed))
     src, tgt = loaded
     seconds = time.perf_counter() - start
     if tgt is not None and src.dim != tgt.dim:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import describe, jsonable, load_datasets, shape_text, to_float, torch_device_dtype
+from .common import describe, jsonable, load_datasets, shape_text, to_float
 
 __all__ = ["register", "run_distance", "summary_text"]
 
@@ -113,17 +113,8 @@ def run_distance(
     sliced = given.get("inner") in ("sliced", "sw")
     if projections is not None and not sliced:
         raise _error("--projections applies to --inner sliced only.")
-    torch_device, torch_dtype = torch_device_dtype(data["device"], data["dtype"])
-    src, tgt, load_seconds = load_datasets(
-        source,
-        target,
-        data_dir=data["data_dir"],
-        resize=data["resize"],
-        device=torch_device,
-        dtype=torch_dtype,
-        max_samples=data["max_samples"],
-        seed=seed,
-    )
+    src, tgt, load_seconds = load_datasets(source, target, data, seed)
+    torch_device = src.x.device
     if sliced:
         from ..labels import SlicedLabelCost
 

@@ -23,7 +23,6 @@ from .common import (
     load_datasets,
     progress_callback,
     shape_text,
-    torch_device_dtype,
     write_final_npz,
     write_json_atomic,
 )
@@ -461,17 +460,7 @@ def run_flow_command(
     resumed_from = _check_resume(out, run_settings, steps) if resume else None
     _prepare_out(out, resume, bool(settings.get("overwrite")))
 
-    device, dtype = torch_device_dtype(settings["device"], settings["dtype"])
-    source, target, load_seconds = load_datasets(
-        source_spec,
-        target_spec,
-        data_dir=settings["data_dir"],
-        resize=settings["resize"],
-        device=device,
-        dtype=dtype,
-        max_samples=settings["max_samples"],
-        seed=settings["seed"],
-    )
+    source, target, load_seconds = load_datasets(source_spec, target_spec, settings, settings["seed"])
     if any(t["type"] == "mmd_sw" for t in terms):
         # the class-mixture (WoW) view: every class weighs the same, samples are uniform inside a class
         source = source.with_class_weights("uniform")
@@ -565,6 +554,7 @@ def register(cli: Any) -> None:
         data_options,
         explicit_params,
         label_cost_options,
+        output_options,
         reports_errors,
     )
 
@@ -693,13 +683,7 @@ def register(cli: Any) -> None:
     @data_options(
         max_samples_help="Use at most this many samples of each dataset, drawn uniformly at random with --seed."
     )
-    @click.option(
-        "--figures/--no-figures",
-        default=True,
-        show_default=True,
-        help="Write the objective curve, the flow (scatter + GIF, d <= 3) or an image grid (images).",
-    )
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @output_options("Write the objective curve, the flow (scatter + GIF, d <= 3) or an image grid (images).")
     @reports_errors("try --max-samples N, --outer sinkhorn or --dtype float32.")
     def flow(warnings: Any, **params: Any) -> str | None:
         """Flow the SOURCE dataset towards TARGET (Wasserstein gradient flow of OTDD^2 / 2, or with

@@ -20,6 +20,7 @@ __all__ = [
     "reports_errors",
     "data_options",
     "label_cost_options",
+    "output_options",
     "explicit_params",
     "convert_config_value",
 ]
@@ -183,6 +184,16 @@ def data_options(*, max_samples_help: str) -> Callable:
             ),
             click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
             click.option("--max-samples", type=click.IntRange(min=1), default=None, help=max_samples_help),
+        ]
+    )
+
+
+def output_options(figures_help: str) -> Callable:
+    """``--figures/--no-figures`` and ``--quiet``."""
+    return _apply(
+        [
+            click.option("--figures/--no-figures", default=True, show_default=True, help=figures_help),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
         ]
     )
 

@@ -22,7 +22,6 @@ from .common import (
     jsonable,
     load_datasets,
     progress_callback,
-    torch_device_dtype,
     write_final_npz,
     write_json_atomic,
 )
@@ -115,17 +114,8 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _error(f"--out {str(out)!r} cannot be created: {exc.strerror or exc}.") from None
-    device, dtype = torch_device_dtype(params["device"], params["dtype"])
-    source, target, load_seconds = load_datasets(
-        params["source"],
-        params["target"],
-        data_dir=params["data_dir"],
-        resize=params["resize"],
-        device=device,
-        dtype=dtype,
-        max_samples=params["max_samples"],
-        seed=params["seed"],
-    )
+    source, target, load_seconds = load_datasets(params["source"], params["target"], params, params["seed"])
+    device = source.x.device
     classifier = load_classifier(params["classifier"], target, device)
     steps = params["steps"]
     embedding = None
@@ -183,7 +173,7 @@ def register(cli: Any) -> None:
     """Add the ``repurpose`` command to the click group ``cli``."""
     import click
 
-    from .options import data_options, reports_errors
+    from .options import data_options, output_options, reports_errors
 
     @cli.command()
     @click.argument("source", default="usps-mini")
@@ -218,8 +208,7 @@ def register(cli: Any) -> None:
     @click.option("--out", type=click.Path(file_okay=False), default="runs/repurpose", show_default=True)
     @data_options(max_samples_help="Use at most this many samples of each dataset (random, with --seed).")
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--figures/--no-figures", default=True, show_default=True)
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+    @output_options("Write the image grid of the samples over the flow, the objective and the accuracy curves.")
     @reports_errors("try --max-samples N.")
     def repurpose(warnings: Any, **params: Any) -> str | None:
         """Flow SOURCE to TARGET and let a frozen classifier trained on TARGET classify SOURCE before and after.

@@ -8,34 +8,9 @@ IDX files (:func:`load_idx`) and folders of images, one sub-folder per class
 (:func:`load_image_folder`).
 """
 
-from .dataset import ClassStats, LabeledDataset
-from .loaders import (
-    DATA_DIR_ENV,
-    BuiltinDataset,
-    describe_builtin_datasets,
-    list_builtin_datasets,
-    load_dataset,
-    load_idx,
-    load_image_folder,
-    load_npz,
-    parse_size,
-    resolve_data_dir,
-)
-from .synthetic import gaussian_mixture, swiss_roll
+from . import dataset, loaders, synthetic
+from .dataset import *  # noqa: F403
+from .loaders import *  # noqa: F403
+from .synthetic import *  # noqa: F403
 
-__all__ = [
-    "LabeledDataset",
-    "ClassStats",
-    "load_npz",
-    "load_idx",
-    "load_image_folder",
-    "load_dataset",
-    "list_builtin_datasets",
-    "describe_builtin_datasets",
-    "resolve_data_dir",
-    "parse_size",
-    "BuiltinDataset",
-    "DATA_DIR_ENV",
-    "gaussian_mixture",
-    "swiss_roll",
-]
+__all__ = [*dataset.__all__, *loaders.__all__, *synthetic.__all__]

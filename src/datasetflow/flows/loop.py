@@ -28,13 +28,12 @@ from ..errors import DivergenceError, InvalidArgumentError
 from ..functionals.base import Functional
 from ..utils import deterministic as deterministic_algorithms
 from .callbacks import Checkpointer, DivergenceGuard, FlowCallback, Recorder, ToleranceStop, as_callback
-from .checkpoint import CHECKPOINT_NAME
 from .dynamics import Dynamics, get_dynamics
 from .optimizers import make_optimizer, make_schedule
 from .result import FlowResult
 from .state import FlowState
 
-__all__ = ["run_flow", "Flow", "FlowDivergedError", "CHECKPOINT_NAME"]
+__all__ = ["run_flow", "Flow", "FlowDivergedError"]
 
 
 class FlowDivergedError(DivergenceError):
