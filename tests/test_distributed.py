@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-from distributed_helpers import run_distributed, run_ranks_raw
 from datasetflow.distributed import (
     CollectiveError,
     World,
@@ -21,6 +20,7 @@ from datasetflow.distributed import (
     heartbeat,
     shard_range,
 )
+from distributed_helpers import run_distributed, run_ranks_raw
 
 pytestmark = [pytest.mark.distributed]
 
