@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from datasetflow import LabeledDataset, class_repulsion, potential, run_flow
+from datasetflow.data import shard
 from datasetflow.distributed import (
     CollectiveError,
     World,
@@ -20,6 +23,8 @@ from datasetflow.distributed import (
     heartbeat,
     shard_range,
 )
+from datasetflow.flows import CheckpointError, load_checkpoint
+from datasetflow.functionals import Functional
 from distributed_helpers import run_distributed, run_ranks_raw
 
 pytestmark = [pytest.mark.distributed]
@@ -104,3 +109,125 @@ def test_a_hung_rank_times_out_instead_of_hanging_the_others():
     assert status == "ok" and value != "no error", value
     seconds, message = value.split("|", 1)
     assert float(seconds) < 10 and "rank 1" in message
+
+
+# ---------------------------------------------------------------------- sharded flows, checkpoints and faults
+def _blobs() -> LabeledDataset:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat(
+        [
+            torch.randn(31, 2, generator=gen, dtype=torch.float64),
+            3 + torch.randn(29, 2, generator=gen, dtype=torch.float64),
+        ]
+    )
+    return LabeledDataset(x, [0] * 31 + [1] * 29)
+
+
+def _energy() -> Functional:
+    return potential(lambda x, y: 0.5 * (x**2).sum(1)) + 0.3 * class_repulsion(scale=1.0)
+
+
+def _kill_at(rank: int, step: int):
+    def callback(now, state, info):
+        if state.world.rank == rank and now == step:
+            os._exit(1)
+
+    return callback
+
+
+def _sharded_runs(world: World, root: str) -> dict:
+    data = shard(_blobs(), world)
+    options = {"steps": 20, "step_size": 0.2, "optimizer": "momentum"}
+    straight = run_flow(_energy(), data, **options, checkpoint_dir=f"{root}/straight", checkpoint_every=5)
+    first = run_flow(_energy(), data, **{**options, "steps": 10}, checkpoint_dir=f"{root}/part", checkpoint_every=5)
+    resumed = run_flow(_energy(), data, **options, checkpoint_dir=f"{root}/part", checkpoint_every=5, resume=True)
+    files = sorted(p.name for p in Path(f"{root}/part").iterdir())
+    return {
+        "straight": straight.final.x,
+        "objective": straight.objective,
+        "first": len(first.objective),
+        "resumed": resumed.final.x,
+        "resumed_objective": resumed.objective,
+        "files": files,
+    }
+
+
+def _resume_with(world: World, root: str) -> str:
+    try:
+        run_flow(
+            _energy(),
+            shard(_blobs(), world),
+            steps=30,
+            step_size=0.2,
+            optimizer="momentum",
+            checkpoint_dir=f"{root}/straight",
+            checkpoint_every=5,
+            resume=True,
+        )
+    except CheckpointError as exc:
+        return str(exc)
+    return "resumed"
+
+
+def test_a_sharded_flow_equals_one_process_and_resumes_bit_identically(tmp_path):
+    data = _blobs()
+    single = run_flow(_energy(), data, steps=20, step_size=0.2, optimizer="momentum")
+    results = run_distributed(_sharded_runs, 3, str(tmp_path))
+    x = torch.cat([r["straight"] for r in results])
+    assert torch.allclose(x, single.final.x, rtol=0, atol=1e-10)
+    assert results[0]["objective"] == pytest.approx(single.objective, rel=1e-10, abs=1e-12)
+    for r in results:
+        assert (
+            r["first"] == 10 and torch.equal(r["resumed"], r["straight"]) and r["resumed_objective"] == r["objective"]
+        )
+    # one complete set: the manifest and one shard file per rank, older sets removed
+    assert results[0]["files"] == ["checkpoint.pt"] + [f"checkpoint.step00000020.rank{r}.pt" for r in range(3)]
+    message = run_distributed(_resume_with, 2, str(tmp_path))[0]
+    assert "written by 3 ranks" in message and "same number of ranks" in message
+
+
+def _flow_killed(world: World, root: str, kill: bool) -> str:
+    callbacks = [_kill_at(1, 13)] if kill else []
+    try:
+        run_flow(
+            _energy(),
+            shard(_blobs(), world),
+            steps=20,
+            step_size=0.2,
+            optimizer="momentum",
+            checkpoint_dir=root,
+            checkpoint_every=5,
+            callbacks=callbacks,
+            resume=not kill,
+        )
+    except CollectiveError as exc:
+        return f"error|{exc}"
+    return "done"
+
+
+def _straight(world: World, root: str):
+    result = run_flow(
+        _energy(),
+        shard(_blobs(), world),
+        steps=20,
+        step_size=0.2,
+        optimizer="momentum",
+        checkpoint_dir=root,
+        checkpoint_every=5,
+    )
+    return result.final.x
+
+
+def test_a_killed_rank_stops_the_others_and_resume_finishes_bit_identically(tmp_path):
+    out, codes, deadline_hit = run_ranks_raw(_flow_killed, 2, str(tmp_path / "run"), True, collective_timeout=10)
+    assert not deadline_hit and codes[1] == 1
+    status, value = out[0]
+    assert status == "ok" and value.startswith("error|") and "rank 1" in value
+    manifest = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert manifest["step"] == 10  # the last complete set; the kill came at step 13
+    assert run_distributed(_flow_killed, 2, str(tmp_path / "run"), False) == ["done", "done"]
+    resumed = [
+        load_checkpoint(tmp_path / "run" / f"checkpoint.step00000020.rank{r}.pt")["params"]["x"] for r in range(2)
+    ]
+    straight = run_distributed(_straight, 2, str(tmp_path / "straight"))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, straight, strict=True))

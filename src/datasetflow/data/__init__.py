@@ -8,9 +8,10 @@ IDX files (:func:`load_idx`) and folders of images, one sub-folder per class
 (:func:`load_image_folder`).
 """
 
-from . import dataset, loaders, synthetic
+from . import dataset, loaders, sharding, synthetic
 from .dataset import *  # noqa: F403
 from .loaders import *  # noqa: F403
+from .sharding import *  # noqa: F403
 from .synthetic import *  # noqa: F403
 
-__all__ = [*dataset.__all__, *loaders.__all__, *synthetic.__all__]
+__all__ = [*dataset.__all__, *loaders.__all__, *sharding.__all__, *synthetic.__all__]

@@ -175,24 +175,30 @@ def heartbeat(world: World, step: int) -> None:
             world.store.set(f"{_HEARTBEAT_PREFIX}{world.rank}", f"{step} {time.time():.3f}")
 
 
-def _silent_ranks(world: World) -> str:
-    """Which ranks look dead or stuck, from their heartbeats (best effort)."""
+def _silent_ranks(world: World, wait: float = 3.0) -> str:
+    """Which ranks look dead or stuck (best effort): every survivor of a failed collective marks itself in the
+    store; the ranks that do not within ``wait`` seconds are named, with the last step of their heartbeat."""
     if world.store is None:
         return "another rank"
-    beats = {}
+    store = world.store
     try:
-        for rank in range(world.size):
+        store.set_timeout(timedelta(seconds=2))
+        store.set(f"{_HEARTBEAT_PREFIX}failed/{world.rank}", "1")
+        deadline = time.monotonic() + wait
+        silent = [r for r in range(world.size) if r != world.rank]
+        while silent and time.monotonic() < deadline:
+            silent = [r for r in silent if not store.check([f"{_HEARTBEAT_PREFIX}failed/{r}"])]
+            time.sleep(0.2)
+        if not silent:
+            return "another rank"
+        names = []
+        for rank in silent:
             key = f"{_HEARTBEAT_PREFIX}{rank}"
-            world.store.set_timeout(timedelta(seconds=2))
-            beats[rank] = tuple(float(v) for v in world.store.get(key).decode().split())
+            step = int(float(store.get(key).decode().split()[0])) if store.check([key]) else None
+            names.append(f"rank {rank}" + (f" (last at step {step})" if step is not None and step >= 0 else ""))
+        return ", ".join(names)
     except Exception:  # noqa: BLE001 - the store lives on rank 0 (or the launcher): it may be gone too
-        missing = [r for r in range(world.size) if r not in beats]
-        return f"rank {missing[0]}" if missing else "rank 0 (which hosts the rendezvous store)"
-    mine = beats[world.rank][0]
-    behind = sorted((beats[r][0], r) for r in beats if r != world.rank and beats[r][0] < mine)
-    if behind:
-        return ", ".join(f"rank {r} (last at step {int(s)})" for s, r in behind)
-    return "another rank"
+        return "rank 0 (which hosts the rendezvous store)" if world.rank != 0 else "another rank"
 
 
 @contextlib.contextmanager

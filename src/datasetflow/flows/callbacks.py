@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..distributed.comm import barrier
 from ..errors import DivergenceError, InvalidArgumentError
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .result import Trajectory
@@ -181,6 +182,12 @@ class Checkpointer(FlowCallback):
             total ``steps`` under a cosine schedule, whose shape depends on it), as must ``settings``.
         settings: extra JSON-like settings of the caller (e.g. the CLI's data options), stored in the
             checkpoint and compared on resume.
+
+    Sharded over several ranks, every rank writes its own shard file
+    (``checkpoint.stepSSSSSSSS.rankR.pt``); once all are written (a barrier), rank 0 replaces
+    ``checkpoint.pt`` with a manifest naming them, and only then are the previous shard files removed.
+    A set killed half-way is therefore never used: the manifest still names the last complete set. A
+    resume needs the same number of ranks (re-sharding is refused with a message).
     """
 
     name = "checkpointer"
@@ -199,9 +206,53 @@ class Checkpointer(FlowCallback):
         """The checkpoint file."""
         return self.directory / CHECKPOINT_NAME
 
+    def _shard_name(self, step: int, rank: int) -> str:
+        return f"checkpoint.step{step:08d}.rank{rank}.pt"
+
     def _save(self, flow: Flow, **extra: Any) -> None:
-        save_checkpoint(self.path, {**flow.state_dict(), "settings": self.settings, **extra})
+        payload = {**flow.state_dict(), "settings": self.settings, **extra}
+        world = flow.world
+        if not world.distributed:
+            save_checkpoint(self.path, payload)
+            self.saved_path = str(self.path)
+            return
+        step = flow.state.step
+        save_checkpoint(self.directory / self._shard_name(step, world.rank), payload)
+        barrier(world)  # every shard of this step is on disk
+        if world.is_main:
+            manifest = {
+                "kind": "manifest",
+                "world_size": world.size,
+                "step": step,
+                "shards": [self._shard_name(step, r) for r in range(world.size)],
+                "config": flow.config,
+                "settings": self.settings,
+                **extra,
+            }
+            save_checkpoint(self.path, manifest)
+        barrier(world)  # the manifest names this step: older shard files can go
+        for old in self.directory.glob(f"checkpoint.step*.rank{world.rank}.pt"):
+            if old.name != self._shard_name(step, world.rank):
+                old.unlink(missing_ok=True)
         self.saved_path = str(self.path)
+
+    def _load(self, flow: Flow) -> dict[str, Any]:
+        """This rank's checkpoint payload, with the settings of the manifest when sharded."""
+        saved = load_checkpoint(self.path)
+        world = flow.world
+        sharded = saved.get("kind") == "manifest"
+        if sharded != world.distributed or (sharded and int(saved["world_size"]) != world.size):
+            written = f"{saved['world_size']} ranks" if sharded else "one process"
+            raise CheckpointError(
+                f"{self.path} was written by {written} but this flow runs on {world.size} rank(s); resume with the "
+                "same number of ranks (re-sharding a checkpoint is not supported)."
+            )
+        if not sharded:
+            return saved
+        shard = load_checkpoint(self.directory / saved["shards"][world.rank])
+        if int(shard.get("step", -1)) != int(saved["step"]):
+            raise CheckpointError(f"the shard files in {self.directory} do not match their manifest; start a new run.")
+        return {**shard, "config": saved["config"], "settings": saved["settings"]}
 
     def on_start(self, flow: Flow) -> None:  # noqa: D102
         try:
@@ -214,7 +265,7 @@ class Checkpointer(FlowCallback):
             return
         if not self.path.exists():
             raise InvalidArgumentError(f"resume=True but no checkpoint at {self.path}.")
-        saved = load_checkpoint(self.path)
+        saved = self._load(flow)
         config, now = saved.get("config", {}), flow.config
         keys = RESUME_KEYS + (("steps",) if now.get("schedule") == "cosine" else ())
         changed = _settings_differences({k: config.get(k) for k in keys}, {k: now.get(k) for k in keys})

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
+from ..distributed.comm import all_gather_object, all_reduce_max, all_reduce_sum, get_world, heartbeat
 from ..errors import DivergenceError, InvalidArgumentError
 from ..functionals.base import Functional
 from ..utils import deterministic as deterministic_algorithms
@@ -80,7 +81,9 @@ class Flow:
     ) -> None:
         self.functional, self.state, self.dynamics = functional, state, dynamics
         self.optimizer, self.scheduler, self.steps, self.config = optimizer, scheduler, steps, config
-        self.generator = torch.Generator(device=state.x.device).manual_seed(seed)
+        self.world = state.world
+        # each rank draws its own shard's noise (the streams differ from the single-process one)
+        self.generator = torch.Generator(device=state.x.device).manual_seed(seed + 1_000_003 * self.world.rank)
         self.noise = functional.noise()
         self.history: dict[str, Any] = {"objective": [], "terms": {}, "label_history": [(0, state.y.clone())]}
         self.info: dict[str, Any] = {}
@@ -143,12 +146,16 @@ class Flow:
                     math.sqrt(2.0 * tau * self.noise)
                     * torch.randn(state.x.shape, generator=self.generator, device=state.x.device, dtype=state.x.dtype)
                 )
-        if not all(bool(torch.isfinite(t).all()) for t in params):
+        bad = not all(bool(torch.isfinite(t).all()) for t in params)
+        if self.world.distributed:  # every rank must take the same decision
+            bad = bool(all_reduce_max(torch.tensor([float(bad)], device=state.x.device), self.world))
+        if bad:
             raise DivergenceError("a parameter became NaN/Inf after the update")
         self.scheduler.step()
         labels = state.y
         self.dynamics.after_step(state, state.step)
         state.step += 1
+        heartbeat(self.world, state.step)
         if not torch.equal(state.y, labels):
             self.history["label_history"].append((state.step, state.y.clone()))
         self.history["objective"].append(float(value.detach()))
@@ -298,6 +305,7 @@ def run_flow(
     resume: bool = False,
     divergence: bool | DivergenceGuard = True,
     deterministic: bool = True,
+    group: Any = None,
 ) -> FlowResult:
     r"""Follow the Wasserstein gradient flow of ``functional`` from ``initial``.
 
@@ -327,6 +335,12 @@ def run_flow(
             its defaults, False none, or give one. NaN/Inf is always caught.
         deterministic: run with ``torch.use_deterministic_algorithms`` so that repeated runs are
             bit-identical whatever the thread count (default True; no measurable cost on the CPU).
+        group: a ``torch.distributed`` process group (or :class:`~datasetflow.distributed.World`); by
+            default the default group when one is initialised. With several ranks, ``initial`` is this
+            rank's shard (weights summing to 1 over all ranks, the same ``classes`` everywhere, see
+            :func:`~datasetflow.data.sharding.shard`), every term of the functional must support sharding,
+            each rank moves its own particles, and checkpoints are written per rank with a manifest
+            (:class:`~datasetflow.flows.callbacks.Checkpointer`). fd-fl dynamics only.
 
     Returns:
         A :class:`FlowResult`.
@@ -348,7 +362,12 @@ def run_flow(
     if trajectory_dir is not None and record_every is None:
         raise InvalidArgumentError("trajectory_dir needs record_every.")
     dyn = get_dynamics(dynamics, **(dynamics_options or {}))
+    world = get_world(group)
+    particles = int(initial.x.shape[0])
+    if world.distributed:
+        particles = _check_shards(functional, initial, dyn, world)
     state = dyn.init(initial, seed=seed)
+    state.world = world
     params = [t.requires_grad_() for _, t, _ in state.parameters()]
     opt = make_optimizer(optimizer, params, step_size, **(optimizer_options or {}))
     config = {
@@ -361,8 +380,9 @@ def run_flow(
         "steps": steps,
         "seed": seed,
         "noise": functional.noise(),
-        "particles": [int(initial.x.shape[0]), int(initial.dim), str(initial.x.dtype).removeprefix("torch.")],
+        "particles": [particles, int(initial.dim), str(initial.x.dtype).removeprefix("torch.")],
         "deterministic": bool(deterministic),
+        "world_size": world.size,
     }
     flow = Flow(functional, state, dyn, opt, make_schedule(schedule, opt, steps), steps=steps, seed=seed, config=config)
     chain: list[FlowCallback] = []
@@ -381,3 +401,29 @@ def run_flow(
         chain.append(Checkpointer(checkpoint_dir, checkpoint_every, resume=resume))
     with deterministic_algorithms(deterministic):
         return flow.run(chain)
+
+
+def _check_shards(functional: Functional, shard: LabeledDataset, dynamics: Dynamics, world: Any) -> int:
+    """Check that a sharded flow can run; returns the total number of particles."""
+    unsupported = sorted({type(leaf).__name__ for _, _, leaf in functional.terms() if not leaf.supports_sharding})
+    if unsupported:
+        raise InvalidArgumentError(
+            f"the functional terms {unsupported} do not support particles sharded over {world.size} ranks; run them "
+            "in one process, or use terms that do (otdd, mmd_sw, sliced distances, potentials, interactions, "
+            "entropy)."
+        )
+    if dynamics.name != "fd-fl":
+        raise InvalidArgumentError(f"sharded flows support the fd-fl dynamics only, got {dynamics.name!r}.")
+    classes = all_gather_object(shard.classes, world)
+    if any(c != classes[0] for c in classes):
+        raise InvalidArgumentError(
+            "the shards have different classes; build them with datasetflow.data.shard (or shard_local) so that "
+            "every rank has the same class list."
+        )
+    total_mass = float(all_reduce_sum(shard.weights.detach().sum().double().reshape(1), world))
+    if abs(total_mass - 1.0) > 1e-6:
+        raise InvalidArgumentError(
+            f"the shards' weights sum to {total_mass:.6g} over all ranks, not 1: each shard must keep its particles' "
+            "global weights (datasetflow.data.shard does)."
+        )
+    return int(all_reduce_sum(torch.tensor([shard.x.shape[0]], dtype=torch.float64), world))

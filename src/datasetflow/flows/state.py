@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.dataset import ClassStats, LabeledDataset
+from ..distributed.comm import World
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dynamics import Dynamics
@@ -37,6 +38,8 @@ class FlowState:
         seed: the flow's seed (for dynamics that draw random numbers, e.g. k-means).
         initial_num_classes: the number of classes the flow started with.
         step: number of steps taken.
+        world: the ranks the particles are sharded over (single-process by default); ``x``, ``y`` and
+            ``weights`` are then this rank's shard, with weights that sum to 1 over all ranks.
     """
 
     x: torch.Tensor
@@ -49,6 +52,7 @@ class FlowState:
     seed: int = 0
     initial_num_classes: int = 0
     step: int = 0
+    world: World = field(default_factory=World)
 
     @classmethod
     def from_dataset(cls, dataset: LabeledDataset, dynamics: Dynamics | None = None, *, seed: int = 0) -> FlowState:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..data.dataset import ClassStats, LabeledDataset
+from ..distributed.comm import World
 from ..errors import InvalidArgumentError
 
 __all__ = ["Functional", "SumFunctional", "ScaledFunctional", "Particles", "DatasetParticles", "as_particles"]
@@ -36,12 +37,17 @@ class Particles(Protocol):
         y: ``(n,)`` label indices into ``classes``.
         weights: ``(n,)`` masses summing to 1.
         classes: the class names.
+        world: the ranks the particles are sharded over (:class:`~datasetflow.distributed.World`);
+            in single-process mode ``world.size == 1``. When sharded, ``x``, ``y`` and ``weights`` are this
+            rank's shard (weights summing to 1 over all ranks) and a functional returns the objective of
+            all the particles, the same on every rank.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     weights: torch.Tensor
     classes: tuple[Hashable, ...]
+    world: World
 
     def dataset(self) -> LabeledDataset:
         """The particles as a :class:`LabeledDataset` whose features keep their graph."""
@@ -59,6 +65,7 @@ class DatasetParticles:
     def __init__(self, dataset: LabeledDataset) -> None:
         self._dataset = dataset
         self.x, self.y, self.weights, self.classes = dataset.x, dataset.y, dataset.weights, dataset.classes
+        self.world = World()
 
     def dataset(self) -> LabeledDataset:  # noqa: D102
         return self._dataset
@@ -84,6 +91,10 @@ class Functional(ABC):
 
     #: short name used in logs and histories
     name: str = "functional"
+    #: whether :meth:`value` handles particles sharded over several ranks (``state.world.size > 1``):
+    #: it then returns the objective of all particles, the same on every rank, differentiable in this
+    #: rank's shard. ``run_flow`` refuses a sharded flow whose functional has a leaf without it.
+    supports_sharding: bool = False
 
     @abstractmethod
     def value(self, state: Particles) -> torch.Tensor:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..distributed.comm import all_reduce_sum, gather_rows
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .base import Functional
 
@@ -51,6 +52,7 @@ class Potential(Functional):
     r"""Potential energy :math:`\sum_i w_i V(x_i, y_i)` for a callable ``V(x, y) -> (n,)``."""
 
     name = "potential"
+    supports_sharding = True
 
     def __init__(self, fn: PotentialFn, name: str | None = None) -> None:
         if not callable(fn):
@@ -69,7 +71,7 @@ class Potential(Functional):
             raise ShapeMismatchError(
                 f"potential {self.name!r} must return one value per particle, shape ({state.x.shape[0]},); got {shape}."
             )
-        return (state.weights * values).sum()
+        return all_reduce_sum((state.weights * values).sum(), state.world)
 
 
 class Interaction(Functional):
@@ -77,9 +79,14 @@ class Interaction(Functional):
 
     ``W(diff, y_i, y_j)`` gets ``diff`` of shape ``(n, n, d)`` and label indices of shapes
     ``(n, 1)`` and ``(1, n)``, and returns ``(n, n)``. Memory is ``O(n^2 d)``.
+
+    Sharded over ranks, each rank gathers every particle and evaluates its own rows against all
+    columns (memory ``O(n_local n d)``); its gradient also takes the other ranks' rows where its
+    particles are the column, so it equals the single-process gradient.
     """
 
     name = "interaction"
+    supports_sharding = True
 
     def __init__(self, fn: InteractionFn, name: str | None = None) -> None:
         if not callable(fn):
@@ -91,14 +98,29 @@ class Interaction(Functional):
     def __repr__(self) -> str:
         return f"interaction({self.name})"
 
+    def _pairs(self, rows: torch.Tensor, y_rows: torch.Tensor, cols: torch.Tensor, y_cols: torch.Tensor):
+        values = self.fn(rows[:, None, :] - cols[None, :, :], y_rows[:, None], y_cols[None, :])
+        shape = (rows.shape[0], cols.shape[0])
+        if not isinstance(values, torch.Tensor) or values.shape != shape:
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ShapeMismatchError(f"interaction {self.name!r} must return an {shape} matrix, got {got}.")
+        return values
+
     def value(self, state) -> torch.Tensor:  # noqa: D102
-        x, y, w = state.x, state.y, state.weights
-        values = self.fn(x[:, None, :] - x[None, :, :], y[:, None], y[None, :])
-        n = x.shape[0]
-        if not isinstance(values, torch.Tensor) or values.shape != (n, n):
-            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-            raise ShapeMismatchError(f"interaction {self.name!r} must return an ({n}, {n}) matrix, got {shape}.")
-        return 0.5 * (w @ values @ w)
+        x, y, w, world = state.x, state.y, state.weights, state.world
+        if not world.distributed:
+            return 0.5 * (w @ self._pairs(x, y, x, y) @ w)
+        x_all, sizes = gather_rows(x, world)
+        y_all, _ = gather_rows(y, world)
+        w_all, _ = gather_rows(w.detach(), world)
+        own = torch.zeros(x_all.shape[0], dtype=torch.bool, device=x.device)
+        start = sum(sizes[: world.rank])
+        own[start : start + x.shape[0]] = True
+        rows = 0.5 * (w @ self._pairs(x, y, x_all, y_all) @ w_all)  # this rank's rows: sums to the objective
+        # the other ranks' rows where this rank's particles are the column: gradient only
+        others = x_all.detach()[~own]
+        columns = 0.5 * (w_all[~own] @ self._pairs(others, y_all[~own], x, y) @ w)
+        return all_reduce_sum(rows.detach(), world) + (rows - rows.detach()) + (columns - columns.detach())
 
 
 class Entropy(Functional):
@@ -109,6 +131,7 @@ class Entropy(Functional):
     """
 
     name = "entropy"
+    supports_sharding = True
 
     def __init__(self, sigma: float) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
