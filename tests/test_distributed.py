@@ -231,3 +231,42 @@ def test_a_killed_rank_stops_the_others_and_resume_finishes_bit_identically(tmp_
     ]
     straight = run_distributed(_straight, 2, str(tmp_path / "straight"))
     assert all(torch.equal(a, b) for a, b in zip(resumed, straight, strict=True))
+
+
+# ---------------------------------------------------------------------- the CLI under torchrun
+def test_torchrun_flow_equals_the_single_process_command(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from conftest import invoke_cli
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", x=rng.normal(size=(41, 2)), y=np.repeat([0, 1], [20, 21]))
+    (tmp_path / "cfg.yaml").write_text(
+        "source: s.npz\nsteps: 12\nstep_size: 0.1\ndtype: float64\ncheckpoint_every: 4\nfunctional:\n"
+        "  - {type: ball, weight: 0.5, center: [0, 1], radius: 0.5}\n  - {type: repulsion, weight: 0.5}\n"
+    )
+    common = ["flow", "--config", str(tmp_path / "cfg.yaml"), "--no-figures", "-q"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert invoke_cli(*common, "--out", tmp_path / "one").exit_code == 0
+    with np.load(tmp_path / "two" / "final.npz") as two, np.load(tmp_path / "one" / "final.npz") as one:
+        assert two["x"].shape == (41, 2) and np.allclose(two["x"], one["x"], rtol=0, atol=1e-12)
+    files = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert "checkpoint.step00000012.rank1.pt" in files and "history.json" in files
+    resumed = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common, "--out", str(tmp_path / "one"), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode != 0 and "world_size=2 (was 1)" in resumed.stderr

@@ -31,6 +31,9 @@ __all__ = [
     "os_error_text",
     "progress_callback",
     "write_final_npz",
+    "join_world",
+    "on_main",
+    "gather_result",
     "write_json_atomic",
 ]
 
@@ -233,3 +236,45 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     from ..utils import write_atomic
 
     write_atomic(path, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
+
+
+def join_world(device: str) -> Any:
+    """The ranks of this command: under ``torchrun`` (``WORLD_SIZE > 1``) join the process group (gloo on
+    the CPU, NCCL on CUDA); otherwise single-process mode."""
+    from ..distributed import get_world, init_from_env, launched_world_size
+
+    return init_from_env(device) if launched_world_size() > 1 else get_world()
+
+
+def on_main(world: Any, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 only; a library error it raises is raised on every rank (no rank waits forever)."""
+    from ..distributed import barrier, broadcast_object
+    from ..errors import DatasetflowError, InvalidArgumentError
+
+    message = None
+    if world.is_main:
+        try:
+            fn()
+        except DatasetflowError as exc:
+            message = str(exc)
+    message = broadcast_object(message, world)
+    if message is not None:
+        raise InvalidArgumentError(message)
+    barrier(world)
+
+
+def gather_result(result: Any, world: Any) -> Any:
+    """A sharded flow's result with every rank's final particles gathered, in rank order (single process: as is)."""
+    if not world.distributed:
+        return result
+    import dataclasses
+
+    from ..data import LabeledDataset
+    from ..distributed import gather_rows
+
+    final = result.final
+    x, _ = gather_rows(final.x.detach(), world)
+    y, _ = gather_rows(final.y, world)
+    w, _ = gather_rows(final.weights.detach(), world)
+    full = LabeledDataset.from_tensors(x, y, w, final.classes, feature_shape=final.feature_shape, name=final.name)
+    return dataclasses.replace(result, final=full)

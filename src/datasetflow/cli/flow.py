@@ -19,8 +19,11 @@ from typing import Any
 
 from .common import (
     describe,
+    gather_result,
+    join_world,
     jsonable,
     load_datasets,
+    on_main,
     progress_callback,
     shape_text,
     write_final_npz,
@@ -79,6 +82,7 @@ _RESUME_KEYS = (
     "seed",
     "functional",
     "objective",
+    "world_size",
 )
 TRAJECTORY_DIR = "trajectory"
 #: Files a run writes in its directory; a new run refuses a directory holding any of them without --overwrite.
@@ -359,6 +363,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         return
     existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing += sorted(p.name for p in out.glob("checkpoint.step*.rank*.pt"))  # shards of a sharded run
     if existing and not overwrite:
         raise _error(
             f"--out {str(out)!r} holds another run ({', '.join(existing)}); continue it with --resume, choose another "
@@ -412,6 +417,7 @@ def run_flow_command(
         DatasetflowError: bad settings or data, missing or mismatched checkpoint, divergence (after
             writing the outputs of the last good state), ...
     """
+    from ..data import shard
     from ..flows import Checkpointer, FlowDivergedError, run_flow
     from ..flows.checkpoint import CHECKPOINT_NAME
     from ..functionals import from_config, target_terms
@@ -456,9 +462,11 @@ def run_flow_command(
         "record_every": record_every,
         "config": where or None,
     }
+    world = join_world(settings["device"])  # torchrun: one process per rank, each with a shard of SOURCE
+    run_settings["world_size"] = world.size
     resume = bool(settings["resume"])
     resumed_from = _check_resume(out, run_settings, steps) if resume else None
-    _prepare_out(out, resume, bool(settings.get("overwrite")))
+    on_main(world, lambda: _prepare_out(out, resume, bool(settings.get("overwrite"))))
 
     source, target, load_seconds = load_datasets(source_spec, target_spec, settings, settings["seed"])
     if any(t["type"] == "mmd_sw" for t in terms):
@@ -466,9 +474,10 @@ def run_flow_command(
         source = source.with_class_weights("uniform")
         target = target.with_class_weights("uniform")
     functional = from_config(terms, source=source, target=target, where=where)
+    full_source, source = source, shard(source, world)
 
     trajectory_dir = out / TRAJECTORY_DIR if record_every is not None else None
-    show_bar = not settings["quiet"] and sys.stderr.isatty()
+    show_bar = not settings["quiet"] and sys.stderr.isatty() and world.is_main
     callback, close = progress_callback(steps, resumed_from or 0, show_bar)
     callbacks = [callback]
     if checkpoint_every or resume:
@@ -499,6 +508,12 @@ def run_flow_command(
     finally:
         close()
 
+    result = gather_result(result, world)
+    if not world.is_main:  # rank 0 writes the outputs
+        if diverged is not None:
+            raise _error(str(diverged))
+        return {"lines": [], "history": None}
+    source = full_source
     write_final_npz(out / "final.npz", result)
     written = ["final.npz", "history.json"]
     if (out / CHECKPOINT_NAME).is_file():

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..distributed.comm import barrier
+from ..distributed.comm import barrier, gather_rows
 from ..errors import DivergenceError, InvalidArgumentError
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .result import Trajectory
@@ -98,7 +98,8 @@ class Recorder(FlowCallback):
     """Record positions and labels every ``every`` steps (and at the start and the end).
 
     Records stay in memory, or are streamed to ``directory`` as ``step_XXXXXXXX.npz`` (keys ``x``,
-    ``y``). The trajectory is the flow result's ``trajectory``.
+    ``y``). The trajectory is the flow result's ``trajectory``. Sharded over several ranks, every record
+    gathers all particles (in rank order) on rank 0, which alone keeps them.
     """
 
     name = "recorder"
@@ -115,7 +116,11 @@ class Recorder(FlowCallback):
         state = flow.state
         if self.steps and self.steps[-1] == state.step:
             return
-        x_now, y_now = state.x.detach().cpu().clone(), state.y.cpu().clone()
+        x_now, y_now = gather_rows(state.x.detach(), flow.world)[0], gather_rows(state.y, flow.world)[0]
+        if not flow.world.is_main:
+            self.steps.append(state.step)
+            return
+        x_now, y_now = x_now.cpu().clone(), y_now.cpu().clone()
         self.steps.append(state.step)
         if self.directory is not None:
             np.savez(self.directory / f"step_{state.step:08d}.npz", x=x_now.numpy(), y=y_now.numpy())
