@@ -1,4 +1,8 @@
-"""Shared fixtures: seeded generators and small synthetic labeled datasets."""
+"""Shared fixtures: seeded generators and small synthetic labeled datasets.
+
+The problems themselves (with their known answers) live in ``tests/generators.py``;
+``gaussian_classes`` is re-exported here so that ``from conftest import gaussian_classes`` keeps working.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasetflow import LabeledDataset
+from generators import gaussian_classes
+
+__all__ = ["SHARED_DATA", "gaussian_classes", "invoke_cli", "run_quick_experiment"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -16,24 +22,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def gen() -> torch.Generator:
     """A fresh seeded CPU generator."""
     return torch.Generator().manual_seed(1234)
-
-
-def gaussian_classes(
-    gen: torch.Generator,
-    *,
-    num_classes: int = 3,
-    per_class: int = 12,
-    dim: int = 4,
-    spread: float = 3.0,
-    dtype: torch.dtype = torch.float64,
-    labels: list | None = None,
-) -> LabeledDataset:
-    """``num_classes`` Gaussian blobs with random means; labels default to 0..C-1."""
-    means = spread * torch.randn(num_classes, dim, generator=gen, dtype=dtype)
-    x = means.repeat_interleave(per_class, 0) + torch.randn(num_classes * per_class, dim, generator=gen, dtype=dtype)
-    names = labels if labels is not None else list(range(num_classes))
-    y = [names[k] for k in range(num_classes) for _ in range(per_class)]
-    return LabeledDataset(x, y)
 
 
 @pytest.fixture

@@ -2,76 +2,77 @@
 
 from __future__ import annotations
 
-import numpy as np
 import ot
 import pytest
 import torch
 
+import generators as G
 from datasetflow import ClassStats, GaussianLabelCost, LabeledDataset
 from datasetflow.costs import bures_wasserstein_squared, covariance_factors, nuclear_norm, psd_sqrt
 
 pytestmark = pytest.mark.fast
 
 
-def _random_spd(gen, dim, rank=None, dtype=torch.float64):
-    rank = dim if rank is None else rank
-    a = torch.randn(rank, dim, generator=gen, dtype=dtype)
-    return a.T @ a / rank
-
-
-def _reference_bures(m1, s1, m2, s2):
-    """Textbook formula with numpy eigendecompositions (float64)."""
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ s2 @ root1
-    wm = np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)
-    return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(wm).sum())
-
-
-def test_one_dimensional_gaussians_closed_form():
-    means1 = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
-    means2 = torch.tensor([[1.0], [-1.0], [5.0]], dtype=torch.float64)
-    sd1 = torch.tensor([1.0, 3.0], dtype=torch.float64)
-    sd2 = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
-    out = bures_wasserstein_squared(means1, sd1[:, None, None], means2, sd2[:, None, None])
-    expected = (means1 - means2.T) ** 2 + (sd1[:, None] - sd2[None, :]) ** 2
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("structure", ["isotropic", "diagonal"])
+def test_one_dimensional_gaussians_closed_form(gen, structure):
+    """In 1-D, W2^2 = (m1 - m2)^2 + (s1 - s2)^2."""
+    fam = G.gaussian_families(gen, 2, 3, 1, structure=structure)
+    sd1, sd2 = fam.covs1.sqrt(), fam.covs2.sqrt()
+    out = bures_wasserstein_squared(fam.means1, sd1, fam.means2, sd2)
+    expected = (fam.means1 - fam.means2.T) ** 2 + (sd1.reshape(-1, 1) - sd2.reshape(1, -1)) ** 2
+    torch.testing.assert_close(fam.w2_squared, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, fam.w2_squared, rtol=1e-12, atol=1e-12)
 
 
 def test_diagonal_covariances_closed_form(gen):
-    means1, means2 = (
-        torch.randn(3, 5, generator=gen, dtype=torch.float64),
-        torch.randn(2, 5, generator=gen, dtype=torch.float64),
+    fam = G.gaussian_families(gen, 3, 2, 5, structure="diagonal")
+    var1, var2 = fam.variances1, fam.variances2
+    diagonal = bures_wasserstein_squared(
+        fam.means1, None, fam.means2, None, variances1=var1, variances2=var2, diagonal=True
     )
-    var1, var2 = (
-        torch.rand(3, 5, generator=gen, dtype=torch.float64),
-        torch.rand(2, 5, generator=gen, dtype=torch.float64),
+    full = bures_wasserstein_squared(fam.means1, var1.sqrt().diag_embed(), fam.means2, var2.sqrt().diag_embed())
+    torch.testing.assert_close(diagonal, fam.w2_squared, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full, fam.w2_squared, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("structure", "rank"), [("isotropic", None), ("commuting", None), ("rank_deficient", 2)])
+def test_full_covariances_closed_form(gen, structure, rank):
+    """Full (non-diagonal) covariances with a shared eigenbasis: B^2 = |sqrt(l1) - sqrt(l2)|^2 exactly."""
+    fam = G.gaussian_families(gen, 3, 4, 6, structure=structure, rank=rank)
+    out = bures_wasserstein_squared(
+        fam.means1, covariance_factors(None, fam.covs1), fam.means2, covariance_factors(None, fam.covs2)
     )
-    expected = torch.cdist(means1, means2) ** 2 + torch.cdist(var1.sqrt(), var2.sqrt()) ** 2
-    diagonal = bures_wasserstein_squared(means1, None, means2, None, variances1=var1, variances2=var2, diagonal=True)
-    full = bures_wasserstein_squared(means1, var1.sqrt().diag_embed(), means2, var2.sqrt().diag_embed())
-    torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(full, expected, rtol=1e-10, atol=1e-10)
+    tol = 1e-9 if fam.rank == 6 else 1e-6  # zero eigenvalues are only known to ~sqrt(eps) after a square root
+    torch.testing.assert_close(out, fam.w2_squared, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("per_class", "rank"), [(4, 3), (9, None)])
+def test_label_cost_from_samples_with_exact_moments_closed_form(gen, per_class, rank):
+    """Classes sampled with exactly the moments of commuting Gaussians: the thin-factor path (n_c <= d)
+    and the d x d square-root path (n_c > d) both give the closed form."""
+    structure = "rank_deficient" if rank else "commuting"
+    case = G.labeled_gaussians(gen, 3, 2, 6, per_class=per_class, structure=structure, rank=rank)
+    stats = case.source.class_stats()
+    assert (stats.factors is not None and stats.factors.shape[-2] < 6) == (per_class <= 6)
+    tol = 1e-9 if rank is None else 1e-6
+    torch.testing.assert_close(
+        GaussianLabelCost().pairwise(case.source, case.target), case.label_distances, rtol=tol, atol=tol
+    )
 
 
 @pytest.mark.parametrize("rank", [6, 2])
 def test_full_covariances_match_textbook_and_pot(gen, rank):
     dim = 6
-    covs = torch.stack([_random_spd(gen, dim, rank) for _ in range(4)])
-    means = torch.randn(4, dim, generator=gen, dtype=torch.float64)
-    factors = covariance_factors(None, covs)
-    out = bures_wasserstein_squared(means[:2], factors[:2], means[2:], factors[2:])
-    for i in range(2):
-        for j in range(2):
-            ref = _reference_bures(means[i].numpy(), covs[i].numpy(), means[2 + j].numpy(), covs[2 + j].numpy())
-            # zero eigenvalues are only known to ~sqrt(machine eps) after a square root
-            tol = 1e-9 if rank == dim else 1e-6
-            assert out[i, j].item() == pytest.approx(ref, rel=tol, abs=tol)
+    fam = G.gaussian_families(gen, 2, 2, dim, structure="general", rank=rank)
+    assert not fam.exact  # non-commuting: the answer is the numpy textbook reference
+    factors1, factors2 = covariance_factors(None, fam.covs1), covariance_factors(None, fam.covs2)
+    out = bures_wasserstein_squared(fam.means1, factors1, fam.means2, factors2)
+    # zero eigenvalues are only known to ~sqrt(machine eps) after a square root
+    tol = 1e-9 if rank == dim else 1e-6
+    torch.testing.assert_close(out, fam.w2_squared, rtol=tol, atol=tol)
     if rank == dim:  # POT's Gaussian closed form as a second oracle (full rank only)
-        pot = (
-            ot.gaussian.bures_wasserstein_distance(means[0].numpy(), means[2].numpy(), covs[0].numpy(), covs[2].numpy())
-            ** 2
-        )
+        m1, c1, m2, c2 = (t[0].numpy() for t in (fam.means1, fam.covs1, fam.means2, fam.covs2))
+        pot = ot.gaussian.bures_wasserstein_distance(m1, m2, c1, c2) ** 2
         assert out[0, 0].item() == pytest.approx(float(pot), rel=1e-7)
 
 
@@ -102,7 +103,7 @@ def test_symmetric_mode_has_zero_diagonal(gen):
 
 
 def test_psd_sqrt_and_nuclear_norm(gen):
-    s = _random_spd(gen, 5)
+    s = G.random_spd(gen, 5)
     root = psd_sqrt(s)
     torch.testing.assert_close(root @ root, s)
     k = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -131,7 +132,7 @@ def test_sqrt_gradient_finite_with_repeated_eigenvalues():
 
 def test_gradcheck_full_rank_covariances(gen):
     dim = 3
-    covs = torch.stack([_random_spd(gen, dim) for _ in range(3)]).requires_grad_()
+    covs = torch.stack([G.random_spd(gen, dim) for _ in range(3)]).requires_grad_()
     means = torch.randn(3, dim, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def fn(m, c):

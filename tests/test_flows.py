@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+import generators as G
 from datasetflow import LabeledDataset, collapse, entropy, otdd, otdd_to, potential, run_flow
 from datasetflow.errors import InvalidArgumentError, ShapeMismatchError
 from datasetflow.flows import FlowDivergedError, load_checkpoint
 from datasetflow.functionals import Functional
+from generators import gaussian_classes
 
 
 def _gaussian(gen, n, mean, scale, labels=None, dim=2):
@@ -35,6 +37,36 @@ def test_gaussian_to_gaussian_fd_fl_exact(pair):
     assert result.trajectory.steps == (0, 5, 10, 15, 20)
     assert result.objective[-1] < result.objective[0]
     assert torch.equal(source.x, pair[0].x)  # the initial dataset is not modified
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("label_gradient", [True, False])
+def test_translated_mixture_lands_on_the_target_in_one_step(gen, label_gradient):
+    """From a copy translated by -v (generators.translated_copy) the exact-OTDD coupling is the identity
+    and the Wasserstein gradient of OTDD^2 / 2 is -v per particle from the feature term, and -v more
+    through the class means when the label term is differentiated: one Euler step of size tau moves
+    every particle by tau * k * v (k = 2 or 1), so tau = 1 / k lands exactly on the target."""
+    case = G.translated_copy(gaussian_classes(gen, spread=1.0), [0.5, -0.4, 0.2, 0.3])
+    v = torch.tensor([0.5, -0.4, 0.2, 0.3], dtype=torch.float64)
+    k = 2 if label_gradient else 1
+    options = {"dynamics_options": {"label_gradient": label_gradient}, "steps": 1}
+    functional = otdd_to(case.target, outer="exact")
+    small = run_flow(functional, case.source, step_size=0.1, **options)
+    torch.testing.assert_close(small.final.x - case.source.x, (0.1 * k * v).expand_as(case.source.x))
+    assert small.objective[0] == pytest.approx(case.distance_squared / 2, rel=1e-9)
+    landed = run_flow(otdd_to(case.target, outer="exact"), case.source, step_size=1 / k, **options)
+    torch.testing.assert_close(landed.final.x, case.target.x)
+
+
+@pytest.mark.fast
+def test_permuted_copy_lands_on_the_target_in_one_step(gen):
+    """Feature-only exact OT to a permuted, perturbed copy: the plan is the permutation, the velocity
+    y_sigma(i) - x_i, and one step of size 1 reaches the target; the objective is W2^2 / 2."""
+    case = G.permutation(gen, 20, 2, noise=0.8)
+    source, target = LabeledDataset(case.x, [0] * 20), LabeledDataset(case.y, [0] * 20)
+    result = run_flow(otdd_to(target, outer="exact", label_weight=0.0), source, steps=1, step_size=1.0)
+    torch.testing.assert_close(result.final.x, case.y[torch.argsort(case.permutation)])
+    assert result.objective[0] == pytest.approx(case.value / 2, rel=1e-9)
 
 
 @pytest.mark.fast

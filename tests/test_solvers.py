@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import ot
 import pytest
 import torch
 
+import generators as G
 from datasetflow import OTDDCost, solve
 from datasetflow.costs import CostOperator
 from datasetflow.errors import ConvergenceWarning, InvalidArgumentError, NonFiniteError, ShapeMismatchError
@@ -21,30 +24,63 @@ def _problem(gen, n=20, m=25, dim=3):
     return x, y, a / a.sum(), b / b.sum()
 
 
-def test_exact_permutation_is_free(gen):
-    x = torch.randn(15, 2, generator=gen, dtype=torch.float64)
-    perm = torch.randperm(15, generator=gen)
-    result = solve(torch.cdist(x, x[perm]) ** 2)
-    assert result.value.item() == pytest.approx(0.0, abs=1e-12)
-    expected_plan = torch.zeros(15, 15, dtype=torch.float64)
-    expected_plan[perm, torch.arange(15)] = 1 / 15
-    torch.testing.assert_close(result.plan, expected_plan)
+@pytest.mark.parametrize("noise", [0.0, 0.9])
+def test_exact_permutation(gen, noise):
+    """A permuted copy (moved by less than half the smallest distance): the plan is the permutation."""
+    case = G.permutation(gen, 15, 2, noise=noise)
+    result = solve(case.cost)
+    assert result.value.item() == pytest.approx(case.value, rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(result.plan, case.plan)
     assert result.converged and result.method == "exact"
+
+
+def test_exact_permutation_cost_matrix(gen):
+    case = G.permutation_cost(gen, 20)
+    result = solve(case.cost)
+    assert result.value.item() == pytest.approx(case.value, rel=1e-12)
+    torch.testing.assert_close(result.plan, case.plan)
+
+
+@pytest.mark.parametrize("backend", ["dense", "chunked"])
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_sinkhorn_on_permutations_is_within_the_entropic_bound(gen, monkeypatch, backend, noise):
+    r"""OT_0 <= <P_eps, C> <= OT_eps <= OT_0 + reg log n: the permutation plan has KL(P | a b^T) = log n.
+
+    The chunked backend (forced to 4-row blocks) must give the dense values."""
+    case = G.permutation(gen, 24, 3, noise=noise)
+    original = CostOperator.row_blocks
+    monkeypatch.setattr(CostOperator, "row_blocks", lambda self, max_elements=0: original(self, 4 * self.shape[1]))
+    reg = 1e-3 * case.cost.mean().item()
+    options = {"reg": reg, "tol": 1e-10, "max_iter": 20000}
+    result = solve(OTDDCost(case.x, case.y), backend=backend, **options)
+    slack = 1e-9 * case.cost.mean().item()
+    assert case.value - slack <= result.value_linear.item() <= result.value.item() + slack
+    assert result.value.item() <= case.value + reg * math.log(len(case.x)) + slack
+    assert result.converged and result.backend == backend
+    if backend == "dense":
+        assert torch.equal(result.plan.argmax(0), case.permutation)
+        torch.testing.assert_close(result.plan, case.plan, atol=1e-6, rtol=0)
+    else:
+        dense = solve(case.cost, **options)
+        assert result.plan is None
+        assert result.value.item() == pytest.approx(dense.value.item(), rel=1e-10, abs=1e-14)
+        assert result.value_linear.item() == pytest.approx(dense.value_linear.item(), rel=1e-8, abs=1e-14)
 
 
 def test_exact_dirac_closed_form(gen):
     """Transport to a single Dirac costs the weighted mean squared distance."""
-    x, _, a, _ = _problem(gen)
-    z = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
-    result = solve(torch.cdist(x, z) ** 2, a, torch.ones(1, dtype=torch.float64))
-    assert result.value.item() == pytest.approx(float((a * ((x - z) ** 2).sum(1)).sum()), rel=1e-12)
+    case = G.dirac_against_cloud(gen, 20, 3)
+    result = solve(torch.cdist(case.x, case.z) ** 2, case.a, torch.ones(1, dtype=torch.float64))
+    assert result.value.item() == pytest.approx(case.value, rel=1e-12)
+    torch.testing.assert_close(result.plan, case.plan)
 
 
-def test_exact_one_dimensional_sorting(gen):
-    x = torch.randn(30, 1, generator=gen, dtype=torch.float64)
-    y = 2 * torch.randn(30, 1, generator=gen, dtype=torch.float64) + 1
-    expected = ((x.sort(0).values - y.sort(0).values) ** 2).mean()
-    assert solve(torch.cdist(x, y) ** 2).value.item() == pytest.approx(expected.item(), rel=1e-12)
+@pytest.mark.parametrize(("n", "m", "weighted"), [(30, 30, False), (30, 30, True), (17, 26, True)])
+def test_exact_one_dimensional(gen, n, m, weighted):
+    """Equal sizes: matching the sorted values; otherwise the quantile-function integral."""
+    case = G.one_dimensional(gen, n, m, weighted=weighted)
+    result = solve(torch.cdist(case.x, case.y) ** 2, case.a, case.b)
+    assert result.value.item() == pytest.approx(case.value, rel=1e-12)
 
 
 def test_exact_matches_pot_emd2(gen):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,38 @@ def assert_gif(path, frames: int) -> None:
     assert path.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
     with PIL_Image.open(path) as image:
         assert image.n_frames == frames
+
+
+def render(fig):
+    """Draw ``fig`` on an Agg canvas (as savefig does); returns the renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def image_flow(num_classes: int, per_class: int, shape=(28, 28), steps=tuple(range(0, 21, 2)), seed: int = 5):
+    """A FlowResult of random images with a recorded trajectory (no flow needed to test layouts)."""
+    from datasetflow.flows import FlowResult, Trajectory
+
+    gen = torch.Generator().manual_seed(seed)
+    n = num_classes * per_class
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    positions = tuple(torch.rand(n, int(np.prod(shape)), generator=gen, dtype=torch.float64) for _ in steps)
+    trajectory = Trajectory(
+        steps=tuple(steps), feature_shape=tuple(shape), positions=positions, labels=(labels,) * len(steps)
+    )
+    final = LabeledDataset(positions[-1].reshape(n, *shape), labels)
+    return FlowResult(final, [], {}, steps[-1], "steps", trajectory, [], final.classes, 0.0)
+
+
+def visible_label_boxes(labels, renderer):
+    return [t.get_window_extent(renderer) for t in labels if t.get_text() and t.get_visible()]
+
+
+def target_collections(ax):
+    return [c for c in ax.collections if c.get_gid() == "target"]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +159,40 @@ def test_plot_flow_2d_with_target(tmp_path, flow_2d, pair_2d):
 
 
 @pytest.mark.fast
+def test_plot_flow_colours_target_classes_like_the_flow_classes_of_the_same_name(flow_2d, pair_2d):
+    """Target classes 0 and 1 share the names of flow classes 0 and 1: their crosses take those colours."""
+    target = pair_2d[1]
+    ax = plot_flow(flow_2d, target=target).axes[0]
+    (layer,) = target_collections(ax)
+    from matplotlib.colors import to_rgba_array
+
+    expected = to_rgba_array([label_color(flow_2d.classes.index(name)) for name in target.labels])[:, :3]
+    np.testing.assert_allclose(layer.get_edgecolor()[:, :3], expected)
+    np.testing.assert_allclose(layer.get_offsets(), target.x.numpy())
+
+
+@pytest.mark.fast
+def test_plot_flow_gives_unmatched_target_classes_their_own_colours_and_legend(flow_2d, pair_2d):
+    """Target classes named like no flow class get distinct colours (not the flow's), a '+' marker and
+    one legend entry each; a class named like a flow class keeps that class's colour."""
+    from matplotlib.colors import to_rgba_array
+
+    base = pair_2d[1]
+    target = LabeledDataset(base.x, ["cat" if k == 0 else "2" for k in base.y.tolist()])  # "2" names flow class 2
+    fig = plot_flow(flow_2d, target=target)
+    ax = fig.axes[0]
+    layers = target_collections(ax)
+    assert len(layers) == 2
+    colours = {tuple(np.round(c[:3], 6)) for layer in layers for c in layer.get_edgecolor()}
+    assert len(colours) == 2  # one per target class
+    flow_colours = {tuple(np.round(c, 6)) for c in to_rgba_array([label_color(k) for k in range(3)])[:, :3]}
+    assert len(colours & flow_colours) == 1  # class 2 matches flow class 2; "cat" has a colour of its own
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["0", "1", "2", "start", "target", "target cat"]
+    render(fig)  # draws without error
+
+
+@pytest.mark.fast
 def test_plot_flow_3d_and_high_dimension(tmp_path, flow_3d):
     result, target = flow_3d
     fig = plot_flow(result, target=target, view=(20, 30), path=tmp_path / "flow3d.png")
@@ -204,6 +271,47 @@ def test_image_grid_on_tiny_images(tmp_path, flow_images):
         image_grid(flow_images, records=[7])
     with pytest.raises(InvalidArgumentError, match="per_class"):
         image_grid(flow_images, per_class=0)
+
+
+@pytest.mark.fast
+def test_image_grid_of_many_digits_is_readable(tmp_path):
+    """10 classes x 8 rows of 28x28 images over 11 records (what `datasetflow flow` draws): every image
+    pixel covers at least 2x2 output pixels, the classes are split into side-by-side blocks so that the
+    figure stays roughly square, every sampled row is drawn once, and no two step labels overlap."""
+    result = image_flow(10, 8)
+    fig = image_grid(result, per_class=8, path=tmp_path / "images.png")
+    renderer = render(fig)
+    axes = fig.axes
+    assert len(axes) > 1
+    rows = 0
+    for ax in axes:
+        mosaic = ax.get_images()[0].get_array()
+        rows += (mosaic.shape[0] + 3) // (28 + 3)  # 3-pixel gaps between rows
+        box = ax.get_window_extent(renderer)
+        assert box.width / mosaic.shape[1] >= 2 - 1e-6 and box.height / mosaic.shape[0] >= 2 - 1e-6
+        labels = visible_label_boxes(ax.get_xticklabels(), renderer)
+        assert len(labels) == 10  # 10 records shown, every one labelled
+        assert all(a.x1 < b.x0 for a, b in zip(labels, labels[1:], strict=False))
+        assert [t.get_text() for t in ax.get_xticklabels()][-1] == "20"
+    assert rows == 80
+    boxes = [ax.get_window_extent(renderer) for ax in axes]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False))  # blocks side by side
+    with PIL_Image.open(tmp_path / "images.png") as png:
+        width, height = png.size
+    assert width >= 10 * 28 * 2 * len(axes) and 0.5 < width / height < 2.0
+
+
+@pytest.mark.fast
+def test_image_grid_thins_step_labels_that_would_overlap():
+    """Long step numbers on many narrow columns: labels are thinned, first and last kept, none overlap."""
+    steps = tuple(range(0, 4_000_000_001, 100_000_000))  # 41 records of up to 10-digit steps
+    result = image_flow(2, 1, shape=(8, 8), steps=steps)
+    fig = image_grid(result, records=len(steps))
+    renderer = render(fig)
+    texts = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert texts[0] == "0" and texts[-1] == "4000000000" and 2 < sum(map(bool, texts)) < len(steps)
+    labels = visible_label_boxes(fig.axes[0].get_xticklabels(), renderer)
+    assert all(a.x1 < b.x0 for a, b in zip(labels, labels[1:], strict=False))
 
 
 @pytest.mark.fast
@@ -297,8 +405,25 @@ def test_viz_is_lazy_and_leaves_matplotlib_state_alone():
 
 
 @pytest.mark.fast
-def test_plots_emit_no_warnings(flow_2d, pair_2d):
+def test_plots_render_without_warnings(tmp_path, flow_2d, pair_2d, flow_images):
+    """Every figure is drawn (layout warnings only appear then) and saved with warnings as errors; each
+    PNG decodes to the figure's size and holds a drawing (not a blank canvas)."""
+    figures = {
+        "flow": lambda p: plot_flow(flow_2d, target=pair_2d[1], path=p),
+        "grid": lambda p: plot_flows_grid([flow_2d, flow_2d], ["a", "b"], target=pair_2d[1], path=p),
+        "images": lambda p: image_grid(flow_images, per_class=2, title="images", path=p),
+        "objective": lambda p: plot_objective(flow_2d, path=p),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot_flow(flow_2d, target=pair_2d[1])
-        plot_flows_grid([flow_2d, flow_2d], target=pair_2d[1])
+        for name, draw in figures.items():
+            path = tmp_path / f"{name}.png"
+            fig = draw(path)
+            assert_png(path)
+            with PIL_Image.open(path) as png:
+                pixels = np.asarray(png.convert("L"), dtype=np.float64)
+                width, height = png.size
+            full = fig.get_size_inches() * fig.dpi
+            assert width <= full[0] * 1.5 + 2 and height <= full[1] * 1.5 + 2, name  # tight bbox, not blown up
+            assert min(width, height) >= 200, name
+            assert pixels.std() > 10 and (pixels < 128).mean() > 0.005, name  # ink on the page

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import generators as G
 from datasetflow import (
     LabeledDataset,
     class_sliced_wasserstein,
@@ -28,15 +29,6 @@ KERNELS = ["riesz", "gaussian", "riesz-r", "laplace", "imq"]
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _labeled(sizes, dim=3, shift=0.0, seed=0, dtype=torch.float64) -> LabeledDataset:
-    g = _gen(seed)
-    xs, ys = [], []
-    for c, n in enumerate(sizes):
-        xs.append(torch.randn(n, dim, generator=g, dtype=dtype) * (0.5 + 0.2 * c) + 2.0 * c + shift)
-        ys += [c] * n
-    return LabeledDataset(torch.cat(xs), ys)
 
 
 # ---------------------------------------------------------------------- sliced Wasserstein
@@ -83,6 +75,28 @@ def test_one_dimensional_closed_forms():
     assert float(sliced_wasserstein(two, three, projections=one)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("n", "m", "weighted"), [(25, 25, False), (25, 25, True), (13, 31, False), (1, 9, True)])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_one_dimensional_generated_cases(n, m, weighted, p):
+    """In 1-D (one unit direction) SW_p^p is W_p^p: sorting for equal uniform sizes, the quantile
+    integral otherwise."""
+    case = G.one_dimensional(_gen(20 + n), n, m, p=p, weighted=weighted)
+    one = torch.ones(1, 1, dtype=torch.float64)
+    value = sliced_wasserstein(case.x, case.y, projections=one, p=p, x_weights=case.a, y_weights=case.b)
+    assert float(value) == pytest.approx(case.value, rel=1e-10)
+
+
+def test_dirac_against_a_weighted_cloud():
+    """Every projection of the transport to a Dirac costs the weighted mean squared projected distance."""
+    case = G.dirac_against_cloud(_gen(21), 30, 4)
+    theta = draw_directions(20, 4, generator=_gen(22), dtype=torch.float64)
+    expected = (case.a[None] * ((case.x - case.z) @ theta.T).T ** 2).sum(1).mean()
+    value = sliced_wasserstein(case.x, case.z, projections=theta, x_weights=case.a)
+    assert float(value) == pytest.approx(float(expected), rel=1e-12)
+    full = sliced_wasserstein(case.x, case.z, projections=torch.eye(4, dtype=torch.float64), x_weights=case.a)
+    assert float(full) == pytest.approx(case.value / 4, rel=1e-12)  # the axes: W2^2 / d
+
+
 def test_shifted_cloud_has_closed_form():
     g = _gen(3)
     x = torch.randn(50, 5, generator=g, dtype=torch.float64)
@@ -93,7 +107,7 @@ def test_shifted_cloud_has_closed_form():
 
 
 def test_class_pairs_equal_individual_calls_with_unequal_sizes():
-    source, target = _labeled((12, 20, 7)), _labeled((9, 15), shift=0.5, seed=1)
+    source, target = G.labeled_blobs((12, 20, 7)), G.labeled_blobs((9, 15), shift=0.5, seed=1)
     theta = draw_directions(25, 3, generator=_gen(4), dtype=torch.float64)
     for p in (1, 2):
         matrix = class_sliced_wasserstein(source, target, projections=theta, p=p)
@@ -121,7 +135,7 @@ def test_directions_are_seeded_and_unit():
 # ---------------------------------------------------------------------- MMD-SW
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_mmd_of_a_dataset_with_itself_is_zero(kernel):
-    data = _labeled((10, 14, 6))
+    data = G.labeled_blobs((10, 14, 6))
     assert abs(float(mmd_sw(data, data, kernel=kernel, n_projections=20))) < 1e-14
     x = data.x.clone().requires_grad_()
     mmd_sw(data.with_features(x), data, kernel=kernel, n_projections=20).backward()
@@ -130,7 +144,7 @@ def test_mmd_of_a_dataset_with_itself_is_zero(kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_mmd_gradcheck_float64(kernel):
-    source, target = _labeled((4, 5), dim=2), _labeled((3, 6), dim=2, shift=0.7, seed=2)
+    source, target = G.labeled_blobs((4, 5), dim=2), G.labeled_blobs((3, 6), dim=2, shift=0.7, seed=2)
     theta = draw_directions(6, 2, generator=_gen(9), dtype=torch.float64)
     bandwidth = 1.5 if kernel in ("gaussian", "laplace", "imq") else None
 
@@ -145,14 +159,14 @@ def test_riesz_gradient_is_finite_for_coincident_classes():
     g = _gen(10)
     cloud = torch.randn(6, 2, generator=g, dtype=torch.float64)
     source = LabeledDataset(torch.cat([cloud, cloud]), [0] * 6 + [1] * 6)
-    target = _labeled((6, 6), dim=2, shift=1.0)
+    target = G.labeled_blobs((6, 6), dim=2, shift=1.0)
     x = source.x.clone().requires_grad_()
     mmd_sw(source.with_features(x), target, kernel="riesz", n_projections=8).backward()
     assert torch.isfinite(x.grad).all()
 
 
 def test_mmd_invariant_to_point_and_class_order():
-    source, target = _labeled((8, 11, 5)), _labeled((7, 9), shift=0.3, seed=3)
+    source, target = G.labeled_blobs((8, 11, 5)), G.labeled_blobs((7, 9), shift=0.3, seed=3)
     theta = draw_directions(16, 3, generator=_gen(11), dtype=torch.float64)
     base = float(mmd_sw(source, target, projections=theta, kernel="gaussian", bandwidth=2.0))
     perm = torch.randperm(len(source), generator=_gen(12))
@@ -166,7 +180,10 @@ def test_mmd_invariant_to_point_and_class_order():
 @settings(max_examples=20, deadline=None)
 @given(st.integers(2, 9), st.integers(2, 9), st.integers(0, 1000))
 def test_mmd_is_symmetric(n1, n2, seed):
-    source, target = _labeled((n1, n2), dim=2, seed=seed), _labeled((n2, 3), dim=2, shift=0.4, seed=seed + 1)
+    source, target = (
+        G.labeled_blobs((n1, n2), dim=2, seed=seed),
+        G.labeled_blobs((n2, 3), dim=2, shift=0.4, seed=seed + 1),
+    )
     theta = draw_directions(5, 2, generator=_gen(seed), dtype=torch.float64)
     forward = float(mmd_sw(source, target, projections=theta))
     backward = float(mmd_sw(target, source, projections=theta))
@@ -175,7 +192,7 @@ def test_mmd_is_symmetric(n1, n2, seed):
 
 
 def test_class_weights_are_respected():
-    source, target = _labeled((10, 10)), _labeled((10, 10), shift=1.0)
+    source, target = G.labeled_blobs((10, 10)), G.labeled_blobs((10, 10), shift=1.0)
     theta = draw_directions(10, 3, generator=_gen(13), dtype=torch.float64)
     # all the mass on class 0 equals comparing that class alone
     heavy = source.with_class_weights([1.0, 0.0])
@@ -189,8 +206,8 @@ def test_class_weights_are_respected():
 
 
 def test_euler_flow_with_fixed_directions_decreases_monotonically():
-    source = _labeled((15, 10, 12), dim=2).with_class_weights("uniform")
-    target = _labeled((10, 10, 10), dim=2, shift=3.0, seed=5)
+    source = G.labeled_blobs((15, 10, 12), dim=2).with_class_weights("uniform")
+    target = G.labeled_blobs((10, 10, 10), dim=2, shift=3.0, seed=5)
     functional = mmd_sw_to(target, n_projections=30, resample=False, seed=1)
     result = run_flow(functional, source, step_size=0.05, steps=20)
     objective = np.array(result.objective)
@@ -200,8 +217,8 @@ def test_euler_flow_with_fixed_directions_decreases_monotonically():
 
 def test_flow_velocity_is_the_wow_gradient():
     """One Euler step moves particle i of class c by tau * (n_c / p_c) * dF/dx_i (uniform class weights)."""
-    source = _labeled((4, 9), dim=2).with_class_weights("uniform")
-    target = _labeled((5, 5), dim=2, shift=1.0, seed=6)
+    source = G.labeled_blobs((4, 9), dim=2).with_class_weights("uniform")
+    target = G.labeled_blobs((5, 5), dim=2, shift=1.0, seed=6)
     theta = draw_directions(12, 2, generator=_gen(15), dtype=torch.float64)
     x = source.x.clone().requires_grad_()
     mmd_sw(source.with_features(x), target, projections=theta).backward()
@@ -213,8 +230,8 @@ def test_flow_velocity_is_the_wow_gradient():
 
 
 def test_mmd_composes_with_otdd_and_potential_terms():
-    source = _labeled((12, 12), dim=2).with_class_weights("uniform")
-    target = _labeled((12, 12), dim=2, shift=2.0, seed=7)
+    source = G.labeled_blobs((12, 12), dim=2).with_class_weights("uniform")
+    target = G.labeled_blobs((12, 12), dim=2, shift=2.0, seed=7)
     functional = (
         mmd_sw_to(target, n_projections=20)
         + 0.5 * otdd_to(target, outer="exact")
@@ -227,8 +244,8 @@ def test_mmd_composes_with_otdd_and_potential_terms():
 
 
 def test_fresh_directions_and_minibatches_resume_bit_identically(tmp_path):
-    source = _labeled((10, 8), dim=3).with_class_weights("uniform")
-    target = _labeled((30, 25), dim=3, shift=1.0, seed=8)
+    source = G.labeled_blobs((10, 8), dim=3).with_class_weights("uniform")
+    target = G.labeled_blobs((30, 25), dim=3, shift=1.0, seed=8)
 
     def make():
         return mmd_sw_to(target, kernel="gaussian", n_projections=16, target_batch=6, seed=4)
@@ -243,7 +260,7 @@ def test_fresh_directions_and_minibatches_resume_bit_identically(tmp_path):
 
 
 def test_median_bandwidth_is_fitted_once_and_reported():
-    source, target = _labeled((6, 6)), _labeled((6, 6), shift=1.0)
+    source, target = G.labeled_blobs((6, 6)), G.labeled_blobs((6, 6), shift=1.0)
     functional = mmd_sw_to(target, kernel="gaussian", n_projections=10)
     assert functional.kernel.bandwidth is None
     run_flow(functional, source.with_class_weights("uniform"), step_size=0.01, steps=2)
@@ -253,7 +270,7 @@ def test_median_bandwidth_is_fitted_once_and_reported():
 
 # ---------------------------------------------------------------------- WoW distance
 def test_wow_matches_pot_on_hand_built_cost():
-    source, target = _labeled((10, 13, 8)), _labeled((9, 12), shift=0.8, seed=9)
+    source, target = G.labeled_blobs((10, 13, 8)), G.labeled_blobs((9, 12), shift=0.8, seed=9)
     costs = np.zeros((3, 2))
     for c in range(3):
         for k in range(2):
@@ -268,24 +285,20 @@ def test_wow_matches_pot_on_hand_built_cost():
 
 @pytest.mark.parametrize("ground", ["exact", "bures", "sliced"])
 def test_wow_matching_recovers_a_class_permutation(ground):
-    target = _labeled((15, 15, 15, 15), dim=2, seed=10)
-    mapping = {0: 2, 1: 0, 2: 3, 3: 1}
-    g = _gen(11)
-    source = LabeledDataset(
-        target.x + 0.05 * torch.randn(target.x.shape, generator=g, dtype=torch.float64),
-        [f"s{mapping[c]}" for c in target.labels],
-        classes=["s0", "s1", "s2", "s3"],
-    )
+    target = G.labeled_blobs((15, 15, 15, 15), dim=2, seed=10)
+    case = G.relabelled_copy(target, _gen(11), noise=0.05, prefix="s")
+    source, renamed_from = case.target, {renamed: name for name, renamed in case.correspondence.items()}
+    assert any(renamed_from[f"s{k}"] != k for k in range(4))  # a real renaming
     result = wow(source, target, inner=ground)
-    assert result.matched_classes == [1, 3, 0, 2]
+    assert result.matched_classes == [target.classes.index(renamed_from[name]) for name in source.classes]
     relabelled = result.relabel(source)
-    assert relabelled.labels == target.labels
+    assert relabelled.labels == [renamed_from[name] for name in source.labels]
     assert float(wow(target, target, inner=ground).distance) == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------- bad input
 def test_bad_input_errors():
-    source, target = _labeled((5, 5)), _labeled((5, 5), shift=1.0)
+    source, target = G.labeled_blobs((5, 5)), G.labeled_blobs((5, 5), shift=1.0)
     with pytest.raises(ShapeMismatchError, match=r"\(L, d\) = \(L, 3\)"):
         mmd_sw(source, target, projections=torch.randn(10, 4, dtype=torch.float64))
     with pytest.raises(ShapeMismatchError):
@@ -312,12 +325,12 @@ def test_bad_input_errors():
     with pytest.raises(InvalidArgumentError, match="label cost must be one of"):
         wow(source, target, inner="gromov")
     with pytest.raises(ShapeMismatchError):
-        wow(source, _labeled((4, 4), dim=2))
+        wow(source, G.labeled_blobs((4, 4), dim=2))
 
 
 def test_target_term_is_computed_once_with_fixed_directions_and_values_stay_non_negative():
-    source = _labeled((10, 10), dim=2).with_class_weights("uniform")
-    target = _labeled((12, 12), dim=2, shift=0.5, seed=12)
+    source = G.labeled_blobs((10, 10), dim=2).with_class_weights("uniform")
+    target = G.labeled_blobs((12, 12), dim=2, shift=0.5, seed=12)
     fixed = mmd_sw_to(target, n_projections=10, resample=False)
     run_flow(fixed, source, step_size=0.05, steps=3)
     term, cache = fixed._target_term, fixed._target_cache
@@ -339,7 +352,7 @@ def _state(dataset):
 
 
 def test_median_bandwidth_comes_from_the_source_target_matrix():
-    source, target = _labeled((8, 9)), _labeled((7, 10), shift=0.6, seed=13)
+    source, target = G.labeled_blobs((8, 9)), G.labeled_blobs((7, 10), shift=0.6, seed=13)
     theta = draw_directions(12, 3, generator=_gen(16), dtype=torch.float64)
     cross = class_sliced_wasserstein(source, target, projections=theta)
     median = float(cross[cross > 0].median())
@@ -349,7 +362,7 @@ def test_median_bandwidth_comes_from_the_source_target_matrix():
 
 
 def test_building_the_functional_leaves_the_global_random_state_alone():
-    target = _labeled((5, 5))
+    target = G.labeled_blobs((5, 5))
     before = torch.random.get_rng_state()
     mmd_sw_to(target, n_projections=20)
     assert torch.equal(torch.random.get_rng_state(), before)

@@ -1,7 +1,9 @@
 r"""Scatter plots, flow plots, panel grids, GIF animations, image grids and objective curves.
 
 Colours are fixed per label *index* (``tab10``, then the light ``tab20`` shades, cycling
-after 20), so class ``k`` has the same colour in every panel and frame. Features with
+after 20), so class ``k`` has the same colour in every panel and frame. Target datasets are
+drawn as crosses in the colour of the flow class of the same name (``x``), or, for target
+classes named like no flow class, in colours of their own (``+``) with a legend entry each. Features with
 ``d > 3`` are shown in their first two coordinates unless ``dims`` picks others; exactly
 three selected coordinates give a 3-D plot.
 
@@ -11,8 +13,10 @@ matplotlib is imported inside the functions (the ``viz`` extra); figures are pla
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +65,20 @@ _PALETTE = (
     "#dbdb8d",
     "#9edae5",
 )
-_TARGET_COLOR = "#9a9a9a"
+#: Colours of target classes whose names match no flow class (``Dark2`` shades and black, in an order
+#: that keeps the first ones away from the first ``tab10`` colours), drawn with a ``+`` marker.
+_TARGET_PALETTE = (
+    "#7570b3",
+    "#e7298a",
+    "#000000",
+    "#1b9e77",
+    "#e6ab02",
+    "#a6761d",
+    "#666666",
+    "#d95f02",
+    "#66a61e",
+    "#1f2a6b",
+)
 _TARGET_EDGE = "#505050"
 _DPI = 110
 
@@ -251,19 +268,79 @@ def _trajectory(result: FlowResult, caller: str) -> tuple[np.ndarray, np.ndarray
     return positions.detach().cpu().double().numpy(), labels.cpu().numpy().astype(np.int64), tuple(traj.steps)
 
 
-def _target_points(target: LabeledDataset | None, dims: tuple[int, ...], dim: int) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _TargetLayer:
+    """Target points drawn with one marker: ``points (m, k)`` and one colour per point."""
+
+    points: np.ndarray
+    colors: list[str]
+    marker: str
+
+
+@dataclass(frozen=True)
+class _TargetView:
+    """How a target dataset is drawn: its layers, legend entries and all its plotted points."""
+
+    layers: tuple[_TargetLayer, ...]
+    legend: tuple[tuple[str, dict], ...]
+    points: np.ndarray
+
+
+#: Show at most this many unmatched target classes one by one in a legend.
+_MAX_TARGET_ENTRIES = 10
+
+
+def _target_view(
+    target: LabeledDataset | None, dims: tuple[int, ...], dim: int, classes: Sequence[Hashable] | None
+) -> _TargetView | None:
+    """Target points coloured by class: a class whose name (as text) is one of the flow's ``classes``
+    takes that class's colour and an ``x`` marker; the other classes take the colours of
+    ``_TARGET_PALETTE`` and a ``+`` marker, each with a legend entry ``"target <name>"``."""
     if target is None:
         return None
     if not isinstance(target, LabeledDataset):
         raise InvalidArgumentError(f"target must be a LabeledDataset or None, got {type(target).__name__}.")
     if target.dim != dim:
         raise InvalidArgumentError(f"target has feature dimension {target.dim}, the flow has {dim}.")
-    return _as_points(target)[:, list(dims)]
+    pts = _as_points(target)[:, list(dims)]
+    labels = target.y.cpu().numpy()
+    flow_index = {str(name): k for k, name in enumerate(classes or ())}
+    class_colors, matched, unmatched = [], np.zeros(target.num_classes, dtype=bool), []
+    for c, name in enumerate(target.classes):
+        if str(name) in flow_index:
+            class_colors.append(label_color(flow_index[str(name)]))
+            matched[c] = True
+        else:
+            class_colors.append(_TARGET_PALETTE[len(unmatched) % len(_TARGET_PALETTE)])
+            unmatched.append(c)
+    colors = np.asarray(class_colors, dtype=object)
+    layers, legend = [], []
+    for marker, mask in (("x", matched[labels]), ("+", ~matched[labels])):
+        if mask.any():
+            layers.append(_TargetLayer(pts[mask], colors[labels[mask]].tolist(), marker))
+    if matched.any():
+        legend.append(("target", {"marker": "x", "color": _TARGET_EDGE, "markersize": 4}))
+    if len(unmatched) > _MAX_TARGET_ENTRIES:
+        legend.append(("target (other classes)", {"marker": "+", "color": _TARGET_EDGE, "markersize": 6}))
+    else:
+        for c in unmatched:
+            style = {"marker": "+", "color": class_colors[c], "markersize": 6, "markeredgewidth": 1.2}
+            legend.append((f"target {_name(target.classes, c)}", style))
+    return _TargetView(tuple(layers), tuple(legend), pts)
 
 
-_TARGET_STYLE = {"marker": "x", "color": _TARGET_COLOR, "markersize": 4}
+def _draw_target(ax: Axes, view: _TargetView, size: float, alpha: float, zorder: int | None = None) -> None:
+    """The target on top, thin, so that both where the flow ended and the target show (artists with
+    ``gid="target"``)."""
+    for layer in view.layers:
+        width = 0.7 if layer.marker == "x" else 0.9
+        options = {"gid": "target"} if zorder is None else {"gid": "target", "zorder": zorder}
+        _scatter(
+            ax, layer.points, layer.colors, s=0.8 * size, marker=layer.marker, linewidths=width, alpha=alpha, **options
+        )
+
+
 _START_STYLE = {"marker": "o", "color": "#555555", "alpha": 0.3, "markersize": 4}
-_TARGET_TOP_STYLE = {"marker": "x", "color": _TARGET_EDGE, "alpha": 0.7, "markersize": 4}
 
 
 def _draw_flow(
@@ -273,7 +350,7 @@ def _draw_flow(
     *,
     trajectories: bool,
     max_paths: int,
-    target_pts: np.ndarray | None,
+    target: _TargetView | None,
     limits: np.ndarray | None,
     legend: bool,
     title: str | None,
@@ -297,15 +374,15 @@ def _draw_flow(
 
             ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.6, alpha=0.35, zorder=3))
     _scatter(ax, pos[-1], _colors(labels[-1]), s=size, alpha=0.95, edgecolors="white", linewidths=0.3, zorder=4)
-    if target_pts is not None:  # on top, thin, so that both where the flow ended and the target show
-        _scatter(ax, target_pts, _TARGET_EDGE, s=0.7 * size, marker="x", linewidths=0.6, alpha=0.55, zorder=5)
+    if target is not None:
+        _draw_target(ax, target, size, alpha=0.7, zorder=5)
     if limits is None:
-        limits = _limits([pos] + ([target_pts] if target_pts is not None else []))
+        limits = _limits([pos] + ([target.points] if target is not None else []))
     _apply_limits(ax, limits, dims, view)
     if title:
         ax.set_title(title, fontsize=9)
     if legend:
-        extra = [("start", _START_STYLE)] + ([("target", _TARGET_TOP_STYLE)] if target_pts is not None else [])
+        extra = [("start", _START_STYLE)] + (list(target.legend) if target is not None else [])
         _legend(ax, labels[-1], result.classes, extra)
 
 
@@ -397,7 +474,9 @@ def plot_flow(
         max_paths: at most this many paths (evenly spaced particle indices) are drawn.
         path: save the figure there; parent folders are created.
         title: axes title.
-        target: a target :class:`LabeledDataset`, drawn as small grey crosses.
+        target: a target :class:`LabeledDataset`, drawn as small crosses coloured by class: a target
+            class named like a flow class has that class's colour (``x``); the others have their own
+            colours (``+``) and legend entries.
         ax: an existing axes to draw into; default a new figure.
         legend: draw the legend (final classes, start, target).
         view: ``(elev, azim)`` camera angles in degrees for 3-D plots.
@@ -426,7 +505,7 @@ def plot_flow(
         chosen,
         trajectories=trajectories,
         max_paths=int(max_paths),
-        target_pts=_target_points(target, chosen, dim),
+        target=_target_view(target, chosen, dim, result.classes),
         limits=None,
         legend=legend,
         title=title,
@@ -497,11 +576,11 @@ def plot_flows_grid(
         )
     chosen = _resolve_dims(dim, dims)
     three_d = len(chosen) == 3
-    target_pts = [_target_points(t, chosen, dim) for t in targets]
+    target_views = [_target_view(t, chosen, dim, res.classes) for t, res in zip(targets, results, strict=True)]
     camera = _check_view(view, three_d)
     limits = None
     if share_limits:
-        limits = _limits([s[..., list(chosen)] for s in stacks] + [t for t in target_pts if t is not None])
+        limits = _limits([s[..., list(chosen)] for s in stacks] + [t.points for t in target_views if t is not None])
     cols = ncols or min(len(results), 4)
     rows = -(-len(results) // cols)
     fig = Figure(figsize=(panel_size * cols, panel_size * rows * (1.0 if three_d else 0.95)))
@@ -513,7 +592,7 @@ def plot_flows_grid(
             chosen,
             trajectories=trajectories,
             max_paths=int(max_paths),
-            target_pts=target_pts[k],
+            target=target_views[k],
             limits=limits,
             legend=True,
             title=None if titles is None else titles[k],
@@ -549,7 +628,7 @@ def animate_flow(
         path: the ``.gif`` file to write; parent folders are created.
         fps: frames per second.
         dims: the 2 or 3 plotted coordinates.
-        target: a target :class:`LabeledDataset`, drawn as small grey crosses.
+        target: a target :class:`LabeledDataset`, drawn as in :func:`plot_flow` (coloured by class).
         title: text before the step counter in each frame's title.
         show_start: draw the initial particles faintly in every frame.
         view: ``(elev, azim)`` camera angles in degrees for 3-D plots.
@@ -575,20 +654,20 @@ def animate_flow(
     chosen = _resolve_dims(dim, dims)
     three_d = len(chosen) == 3
     pos = positions[..., list(chosen)]
-    target_pts = _target_points(target, chosen, dim)
+    target_view = _target_view(target, chosen, dim, result.classes)
     camera = _check_view(view, three_d)
-    limits = _limits([pos] + ([target_pts] if target_pts is not None else []))
+    limits = _limits([pos] + ([target_view.points] if target_view is not None else []))
     size = _marker_size(pos.shape[1])
     fig = Figure(figsize=(5.4, 4.8) if three_d else (4.6, 4.4))
     ax = _new_axes(fig, three_d)
     extra = ([("start", _START_STYLE)] if show_start else []) + (
-        [("target", _TARGET_STYLE)] if target_pts is not None else []
+        list(target_view.legend) if target_view is not None else []
     )
 
     def draw(k: int) -> list:
         ax.cla()
-        if target_pts is not None:
-            _scatter(ax, target_pts, _TARGET_COLOR, s=0.8 * size, marker="x", linewidths=0.7, alpha=0.6)
+        if target_view is not None:
+            _draw_target(ax, target_view, size, alpha=0.6)
         if show_start and k > 0:
             _scatter(ax, pos[0], _colors(labels[0]), s=size, alpha=0.15, linewidths=0)
         _scatter(ax, pos[k], _colors(labels[k]), s=size, alpha=0.9, edgecolors="white", linewidths=0.3)
@@ -649,6 +728,40 @@ def _record_indices(records: int | Sequence[int] | None, count: int, max_columns
     return [r % count for r in chosen]
 
 
+#: Image grids: resolution, smallest tile (in output pixels) and the largest figure side (pixels).
+_GRID_DPI = 100
+_GRID_MIN_TILE_PX = 56
+_GRID_MAX_SIDE_PX = 6000
+_GRID_FONT = 8.0  # points
+
+
+def _class_blocks(group_rows: list[int], tile_rows: int, tile_cols: int) -> list[list[int]]:
+    """Split consecutive class groups (``group_rows[g]`` rows each) into side-by-side blocks so that
+    the mosaic is about as high as it is wide: ``k ~ sqrt(height / width)`` blocks of about equal height."""
+    total = sum(group_rows)
+    k = int(np.clip(round(math.sqrt(total * tile_rows / max(tile_cols, 1))), 1, len(group_rows)))
+    blocks: list[list[int]] = [[] for _ in range(k)]
+    done = 0
+    for g, rows in enumerate(group_rows):  # greedy: move on once a block holds its share of the rows
+        b = min(k - 1, int(done * k // total))
+        blocks[b].append(g)
+        done += rows
+    return [b for b in blocks if b]
+
+
+def _step_labels(steps: list[str], spacing_px: float) -> list[str]:
+    """Column labels, thinned (every ``k``-th shown, the last one kept) so that none overlaps the next."""
+    width_px = 0.62 * _GRID_FONT * _GRID_DPI / 72 * max(len(t) for t in steps) + 6  # text width + a gap
+    every = max(1, math.ceil(width_px / spacing_px))
+    shown = list(range(0, len(steps), every))
+    last = len(steps) - 1
+    if last - shown[-1] >= every:
+        shown.append(last)
+    elif shown[-1] != last and len(shown) > 1:
+        shown[-1] = last
+    return [t if j in shown else "" for j, t in enumerate(steps)]
+
+
 def image_grid(
     result: FlowResult,
     *,
@@ -662,12 +775,17 @@ def image_grid(
     """Image particles over time: one row per sampled particle, one column per trajectory record.
 
     Rows are grouped by the particles' final labels (``per_class`` sampled per class with a
-    seeded generator); pixel values are clipped to [0, 1] for display.
+    seeded generator); pixel values are clipped to [0, 1] for display. Every image pixel is drawn
+    as a square of ``z x z`` output pixels (at 100 dpi), with the integer zoom ``z`` chosen so that a
+    tile is at least 56 pixels wide (smaller if the figure would exceed 6000 pixels), so the figure
+    grows with the number of rows and columns instead of shrinking the images. Many rows are split
+    into side-by-side blocks of whole classes (one axes each) to keep the figure roughly square; step
+    labels are thinned when they would overlap.
 
     Args:
         result: a :class:`FlowResult` with a trajectory, whose ``feature_shape`` is ``(H, W)``,
             ``(H, W, C)`` or ``(C, H, W)`` with ``C`` in (1, 3, 4).
-        path: save the figure there; parent folders are created.
+        path: save the figure there (at 100 dpi); parent folders are created.
         per_class: particles shown per class (fewer when a class is smaller).
         records: None (up to ``max_columns`` records evenly spaced, first and last included), a
             number of evenly spaced records, or a sequence of record indices.
@@ -691,38 +809,58 @@ def image_grid(
     cols = _record_indices(records, len(steps), max_columns)
     gen = torch.Generator().manual_seed(int(seed))
     final = labels[-1]
-    rows: list[int] = []
-    row_labels: list[tuple[int, int]] = []  # (row index, class index) of each class group's first row
+    groups: list[tuple[int, list[int]]] = []  # (class index, sampled particle indices) per class
     for c in np.unique(final).tolist():
         members = np.flatnonzero(final == c)
         pick = members[torch.randperm(len(members), generator=gen)[:per_class].numpy()]
-        row_labels.append((len(rows), c))
-        rows.extend(sorted(pick.tolist()))
+        groups.append((c, sorted(pick.tolist())))
     height, width = (shape[0], shape[1]) if layout != "chw" else (shape[1], shape[2])
     pad = max(1, min(height, width) // 8)
-    mosaic = np.ones((len(rows) * (height + pad) - pad, len(cols) * (width + pad) - pad, 3))
-    for j, r in enumerate(cols):
-        tiles = _to_rgb(positions[r, rows].reshape(len(rows), *shape), layout)
-        for i, tile in enumerate(tiles):
-            top, left = i * (height + pad), j * (width + pad)
-            mosaic[top : top + height, left : left + width] = tile
-    cell = min(0.6, 14.0 / max(len(rows), 1), 14.0 / max(len(cols), 1))
-    fig = Figure(figsize=(cell * len(cols) + 1.2, cell * len(rows) + 0.9))
-    ax = fig.add_subplot(111)
-    ax.imshow(mosaic, interpolation="nearest", vmin=0.0, vmax=1.0)
-    ax.set_xticks([j * (width + pad) + width / 2 for j in range(len(cols))])
-    ax.set_xticklabels([str(steps[r]) for r in cols], fontsize=7)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_yticks([i * (height + pad) + height / 2 for i, _ in row_labels])
-    ax.set_yticklabels([_name(result.classes, c) for _, c in row_labels], fontsize=7)
-    ax.set_ylabel("class (final label)", fontsize=8)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    blocks = _class_blocks([len(rows) for _, rows in groups], height + pad, len(cols) * (width + pad))
+    block_rows = [sum(len(groups[g][1]) for g in block) for block in blocks]
+    mosaic_w = len(cols) * (width + pad) - pad
+    mosaic_h = [r * (height + pad) - pad for r in block_rows]
+    zoom = max(1, math.ceil(_GRID_MIN_TILE_PX / max(height, width)))
+    longest = max(max(mosaic_h), len(blocks) * mosaic_w)
+    zoom = max(1, min(zoom, _GRID_MAX_SIDE_PX // max(longest, 1)))
+    # margins in inches: class names and the y label on the left of each block, steps below, title above
+    left, gap, right, bottom = 0.85, 0.55, 0.15, 0.55
+    top = 0.45 if title else 0.15
+    block_w = mosaic_w * zoom / _GRID_DPI
+    heights = [h * zoom / _GRID_DPI for h in mosaic_h]
+    fig_w = left + len(blocks) * block_w + (len(blocks) - 1) * gap + right
+    fig_h = top + max(heights) + bottom
+    fig = Figure(figsize=(fig_w, fig_h), dpi=_GRID_DPI)
+    step_text = _step_labels([str(steps[r]) for r in cols], (width + pad) * zoom)
+    for b, block in enumerate(blocks):
+        rows = [i for g in block for i in groups[g][1]]
+        mosaic = np.ones((mosaic_h[b], mosaic_w, 3))
+        for j, r in enumerate(cols):
+            tiles = _to_rgb(positions[r, rows].reshape(len(rows), *shape), layout)
+            for i, tile in enumerate(tiles):
+                top_px, left_px = i * (height + pad), j * (width + pad)
+                mosaic[top_px : top_px + height, left_px : left_px + width] = tile
+        x0 = left + b * (block_w + gap)
+        y0 = fig_h - top - heights[b]
+        ax = fig.add_axes((x0 / fig_w, y0 / fig_h, block_w / fig_w, heights[b] / fig_h))
+        ax.imshow(mosaic, interpolation="nearest", vmin=0.0, vmax=1.0, aspect="equal")
+        ax.set_xticks([j * (width + pad) + width / 2 for j in range(len(cols))])
+        ax.set_xticklabels(step_text, fontsize=_GRID_FONT)
+        ax.set_xlabel("step", fontsize=_GRID_FONT + 1)
+        firsts, row = [], 0
+        for g in block:
+            firsts.append((row, groups[g][0]))
+            row += len(groups[g][1])
+        ax.set_yticks([i * (height + pad) + height / 2 for i, _ in firsts])
+        ax.set_yticklabels([_name(result.classes, c) for _, c in firsts], fontsize=_GRID_FONT)
+        if b == 0:
+            ax.set_ylabel("class (final label)", fontsize=_GRID_FONT + 1)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+        fig.suptitle(title, fontsize=_GRID_FONT + 2, y=1 - 0.12 / fig_h, va="top")
+    _save(fig, path, dpi=_GRID_DPI)
     return fig
 
 
