@@ -13,7 +13,7 @@ import torch
 
 from generators import gaussian_classes
 
-__all__ = ["SHARED_DATA", "gaussian_classes", "invoke_cli", "run_quick_experiment"]
+__all__ = ["SHARED_DATA", "gaussian_classes", "invoke_cli", "run_quick_experiment", "one_line_error"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
