@@ -34,7 +34,7 @@ from _report import write_section
 
 from datasetflow import LabeledDataset, OTDDCost, otdd, solve
 from datasetflow.costs import sqeuclidean
-from datasetflow.distances import GaussianLabelCost
+from datasetflow import GaussianLabelCost
 
 ROOT = Path(__file__).resolve().parents[1]
 

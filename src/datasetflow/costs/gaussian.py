@@ -10,7 +10,9 @@ With factors :math:`\Sigma_i = F_i^\top F_i` (``F_i`` of shape ``(r_i, d)``) the
 is the nuclear norm :math:`\|F_1 F_2^\top\|_*`, the sum of square roots of the eigenvalues
 of the small ``r_1 x r_2`` product :math:`K K^\top`, ``K = F_1 F_2^\top``. For classes with
 fewer samples than dimensions (images) the centred samples are such a factor, so no
-``d x d`` square root is ever formed. Classes with ``n_c > d`` use ``F = \Sigma^{1/2}``.
+``d x d`` square root is ever formed. Classes with ``n_c > d`` use the float64 eigen-factor
+``F = \Lambda^{1/2} V^\top`` of their float64-accumulated covariance, with as many rows as its
+numerical rank (:func:`~datasetflow.data.moments.covariance_factor`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidArgumentError
-from .linalg import nuclear_norm, psd_sqrt, safe_sqrt
+from ..data.moments import covariance_factor
+from .linalg import nuclear_norm, safe_sqrt
 
 __all__ = ["bures_wasserstein_squared", "covariance_factors", "sqeuclidean"]
 
@@ -43,24 +46,33 @@ def covariance_factors(
     r"""Factors ``F`` with :math:`F^\top F = \Sigma + \text{ridge}\, I`, as few rows as possible.
 
     Args:
-        factors: ``(C, r, d)`` factors (e.g. centred, scaled samples), or None.
+        factors: ``(C, r, d)`` factors (e.g. centred, scaled samples, or the float64 eigen-factors of
+            :meth:`~datasetflow.data.dataset.LabeledDataset.class_stats`), or None.
         covariances: ``(C, d, d)`` covariance matrices, used when ``factors`` is None.
         ridge: non-negative value added to the diagonal of every covariance.
 
     Returns:
-        ``(C, r', d)`` with ``r' = r`` if the factors are thin (``r <= d``) and there is no
-        ridge, else ``r' = d`` and ``F = (\Sigma + \text{ridge} I)^{1/2}``.
+        ``factors`` as they are when given and there is no ridge. Otherwise
+        :math:`F = \Lambda^{1/2} V^\top` from a float64 eigendecomposition of
+        :math:`\Sigma + \text{ridge}\, I` (formed in float64; eigenvalues below
+        :math:`d\,\varepsilon_{64}\lambda_{\max}` are set to 0, see
+        :func:`~datasetflow.data.moments.covariance_factor`), ``(C, r', d)`` with ``r'`` the largest
+        numerical rank (``d`` with a ridge), in the input's dtype. Differentiable for every
+        Bures-Wasserstein use (losses that depend on :math:`F^\top F`).
     """
-    if factors is not None and factors.shape[-2] <= factors.shape[-1] and ridge == 0.0:
+    if factors is not None and ridge == 0.0:
         return factors
-    if covariances is None:
-        if factors is None:
-            raise InvalidArgumentError("covariance_factors needs factors or covariances, got neither.")
-        covariances = factors.mT @ factors
+    if factors is not None:
+        f64 = factors.to(torch.float64)
+        covariances64, dtype = f64.mT @ f64, factors.dtype
+    elif covariances is not None:
+        covariances64, dtype = covariances.to(torch.float64), covariances.dtype
+    else:
+        raise InvalidArgumentError("covariance_factors needs factors or covariances, got neither.")
     if ridge:
-        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-        covariances = covariances + ridge * eye
-    return psd_sqrt(covariances)
+        eye = torch.eye(covariances64.shape[-1], dtype=torch.float64, device=covariances64.device)
+        covariances64 = covariances64 + ridge * eye
+    return covariance_factor(covariances64).to(dtype)
 
 
 #: Largest number of entries of the all-pairs product matrix formed by a single GEMM.

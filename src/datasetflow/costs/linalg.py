@@ -30,12 +30,12 @@ def _rank_tolerance(eigenvalues: torch.Tensor) -> torch.Tensor:
 class _PsdSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
-        sym = 0.5 * (matrix + matrix.mT)
+        sym = 0.5 * (matrix + matrix.mT).to(torch.float64)
         eigenvalues, eigenvectors = torch.linalg.eigh(sym)
         tol = _rank_tolerance(eigenvalues)
         roots = torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues)).sqrt()
         ctx.save_for_backward(roots, eigenvectors)
-        return (eigenvectors * roots.unsqueeze(-2)) @ eigenvectors.mT
+        return ((eigenvectors * roots.unsqueeze(-2)) @ eigenvectors.mT).to(matrix.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,9 @@ class _PsdSqrt(torch.autograd.Function):
         denom = roots.unsqueeze(-1) + roots.unsqueeze(-2)
         tiny = torch.finfo(roots.dtype).tiny
         inv = torch.where(denom > tiny, 1.0 / denom.clamp_min(tiny), torch.zeros_like(denom))
-        grad_sym = 0.5 * (grad_output + grad_output.mT)
+        grad_sym = 0.5 * (grad_output + grad_output.mT).to(torch.float64)
         inner = eigenvectors.mT @ grad_sym @ eigenvectors
-        return eigenvectors @ (inner * inv) @ eigenvectors.mT
+        return (eigenvectors @ (inner * inv) @ eigenvectors.mT).to(grad_output.dtype)
 
 
 class _NuclearNorm(torch.autograd.Function):
@@ -76,7 +76,9 @@ class _NuclearNorm(torch.autograd.Function):
 def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     """Principal square root of symmetric PSD matrices ``(..., d, d)`` with a stable backward.
 
-    Negative eigenvalues from round-off are clipped to zero. The backward is finite for
+    The eigendecomposition runs in float64 whatever the input dtype (a float32 ``eigh`` of a large
+    covariance can fail to converge); the result has the input's dtype. Eigenvalues below
+    ``d * eps64 * max |l|`` (round-off, negative ones included) are set to zero. The backward is finite for
     repeated and zero eigenvalues (see the module docstring).
     """
     return _PsdSqrt.apply(matrix)
