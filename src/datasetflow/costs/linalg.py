@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import torch
 
+from ..data.moments import eigenvalue_floor
+from ..utils import lapack_threads
+
 __all__ = ["psd_sqrt", "nuclear_norm", "safe_sqrt"]
-
-
-def _rank_tolerance(eigenvalues: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues below this (per matrix) are treated as zero: ``n * eps * max(|l|)``."""
-    n = eigenvalues.shape[-1]
-    scale = eigenvalues.abs().amax(dim=-1, keepdim=True)
-    return n * torch.finfo(eigenvalues.dtype).eps * scale
 
 
 class _PsdSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
         sym = 0.5 * (matrix + matrix.mT).to(torch.float64)
-        eigenvalues, eigenvectors = torch.linalg.eigh(sym)
-        tol = _rank_tolerance(eigenvalues)
+        with lapack_threads(sym):
+            eigenvalues, eigenvectors = torch.linalg.eigh(sym)
+        tol = eigenvalue_floor(eigenvalues)
         roots = torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues)).sqrt()
         ctx.save_for_backward(roots, eigenvectors)
         return ((eigenvectors * roots.unsqueeze(-2)) @ eigenvectors.mT).to(matrix.dtype)
@@ -55,11 +52,13 @@ class _NuclearNorm(torch.autograd.Function):
         k64 = matrix.to(torch.float64)
         gram = k64 @ k64.mT if rows <= cols else k64.mT @ k64
         if not ctx.needs_input_grad[0]:  # eigenvalues only: about twice as fast
-            eigenvalues = torch.linalg.eigvalsh(gram)
-            positive = eigenvalues > _rank_tolerance(eigenvalues)
+            with lapack_threads(gram):
+                eigenvalues = torch.linalg.eigvalsh(gram)
+            positive = eigenvalues > eigenvalue_floor(eigenvalues)
             return torch.where(positive, eigenvalues, 0.0).sqrt().sum(dim=-1).to(matrix.dtype)
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-        positive = eigenvalues > _rank_tolerance(eigenvalues)
+        with lapack_threads(gram):
+            eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        positive = eigenvalues > eigenvalue_floor(eigenvalues)
         roots = torch.where(positive, eigenvalues, 0.0).sqrt()
         inv_roots = torch.where(positive, 1.0 / roots.clamp_min(torch.finfo(roots.dtype).tiny), 0.0)
         inv_sqrt = (eigenvectors * inv_roots.unsqueeze(-2)) @ eigenvectors.mT  # (gram)^{+1/2}

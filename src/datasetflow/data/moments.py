@@ -11,7 +11,7 @@ dtype of ``x``, so a class of :math:`10^5` points in :math:`d = 784` needs :math
 memory, never a copy of its samples. Its backward pass is blockwise too:
 
 .. math:: \frac{\partial L}{\partial x_k} = \frac{w_k}{W_c}\,\frac{\partial L}{\partial m_c}
-          + \frac{w_k}{N_c}\Big(\frac{\partial L}{\partial \Sigma_c} + \frac{\partial L}{\partial \Sigma_c}^\top\Big)(x_k - m_c)
+          + \frac{w_k}{N_c}\big(D_c + D_c^\top\big)(x_k - m_c), \qquad D_c = \frac{\partial L}{\partial \Sigma_c}
 
 (the dependence of :math:`\Sigma_c` on :math:`m_c` drops out since :math:`\sum_k w_k (x_k - m_c) = 0`).
 Gradients flow to ``x`` only (weights are constants).
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils import lapack_threads
+
 __all__ = ["class_moments", "covariance_factor", "eigenvalue_floor", "ROWS_PER_BLOCK_ELEMENTS"]
 
 #: Row blocks of the streaming pass hold at most this many entries (float64: 32 MiB).
@@ -43,7 +45,7 @@ ROWS_PER_BLOCK_ELEMENTS = 1 << 22
 
 
 def eigenvalue_floor(eigenvalues: torch.Tensor) -> torch.Tensor:
-    r"""The floor below which eigenvalues count as zero, :math:`d\,\varepsilon \max_k |\lambda_k|` per matrix ``(..., 1)``."""
+    r"""The floor below which eigenvalues count as zero: :math:`d\,\varepsilon \max_k |\lambda_k|`, ``(..., 1)``."""
     n = eigenvalues.shape[-1]
     return n * torch.finfo(eigenvalues.dtype).eps * eigenvalues.abs().amax(dim=-1, keepdim=True)
 
@@ -117,7 +119,8 @@ class _CovarianceFactor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, covariances):  # type: ignore[override]
         sym = 0.5 * (covariances + covariances.mT).to(torch.float64)
-        eigenvalues, eigenvectors = torch.linalg.eigh(sym)
+        with lapack_threads(sym):
+            eigenvalues, eigenvectors = torch.linalg.eigh(sym)
         eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)  # descending
         kept = eigenvalues > eigenvalue_floor(eigenvalues)
         rank = max(int(kept.sum(-1).max()) if kept.numel() else 0, 1)
