@@ -79,7 +79,8 @@ class _Kernel:
         if self.dense is not None:
             if self._scaled is None or self._scaled[0] != eps:
                 self._scaled = (eps, self.dense / eps)
-            return [(0, self.dense.shape[0], self._scaled[1])]
+            # row slices (views) of the cached matrix keep every temporary at one block
+            return ((s, e, self._scaled[1][s:e]) for s, e in self.cost.row_blocks())
         return ((s, e, self.cost.block(s, e).to(self.dtype) / eps) for s, e in self.cost.row_blocks())
 
     def sweep(self, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,14 +108,17 @@ class _Kernel:
     def plan_stats(self, f, g, eps) -> tuple[torch.Tensor | None, torch.Tensor, float]:
         """The dense plan (or None), ``<P, C>`` and the L1 marginal error of ``P``."""
         shifted_a, shifted_b = f / eps + self.log_a, g / eps + self.log_b
-        linear, rows, cols, plan = 0.0, [], 0.0, None
+        linear, rows, cols = 0.0, [], 0.0
+        plan = None if self.dense is None else torch.empty_like(self.dense)
         for start, stop, scaled in self._blocks(eps):
-            plan = torch.exp(shifted_a[start:stop, None] + shifted_b - scaled)
-            linear = linear + eps * (plan * scaled).sum()
-            rows.append(plan.sum(1))
-            cols = cols + plan.sum(0)
+            block = torch.exp(shifted_a[start:stop, None] + shifted_b - scaled)
+            linear = linear + eps * torch.dot(block.flatten(), scaled.flatten())
+            rows.append(block.sum(1))
+            cols = cols + block.sum(0)
+            if plan is not None:
+                plan[start:stop] = block
         error = float((torch.cat(rows) - self.log_a.exp()).abs().sum() + (cols - self.log_b.exp()).abs().sum())
-        return (plan if self.dense is not None else None), linear, error
+        return plan, linear, error
 
     def extremes(self) -> tuple[float, float]:
         """``(min C, max C)`` over the whole cost (one pass over the blocks)."""
