@@ -27,6 +27,7 @@ __all__ = [
     "missing_extra",
     "write_atomic",
     "deterministic",
+    "lapack_threads",
     "available_memory",
     "check_memory",
 ]
@@ -133,6 +134,25 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+@contextlib.contextmanager
+def lapack_threads(like: torch.Tensor, threads: int = 1) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads when ``like`` is on the CPU (dense eigensolvers).
+
+    LAPACK's symmetric eigensolvers synchronise their threads once per Householder step; on a busy
+    2-core machine (more runnable threads than cores) a 784 x 784 float64 ``eigvalsh`` measured 0.11 s
+    with 1 thread and 3.7 s with 2. One thread is also deterministic. Other devices are left alone.
+    """
+    previous = torch.get_num_threads()
+    if like.device.type != "cpu" or previous <= threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def available_memory() -> int | None:

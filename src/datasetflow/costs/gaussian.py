@@ -10,15 +10,18 @@ With factors :math:`\Sigma_i = F_i^\top F_i` (``F_i`` of shape ``(r_i, d)``) the
 is the nuclear norm :math:`\|F_1 F_2^\top\|_*`, the sum of square roots of the eigenvalues
 of the small ``r_1 x r_2`` product :math:`K K^\top`, ``K = F_1 F_2^\top``. For classes with
 fewer samples than dimensions (images) the centred samples are such a factor, so no
-``d x d`` square root is ever formed. Classes with ``n_c > d`` use ``F = \Sigma^{1/2}``.
+``d x d`` square root is ever formed. Classes with ``n_c > d`` use the float64 eigen-factor
+``F = \Lambda^{1/2} V^\top`` of their float64-accumulated covariance, with as many rows as its
+numerical rank (:func:`~datasetflow.data.moments.covariance_factor`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..data.moments import covariance_factor
 from ..errors import InvalidArgumentError
-from .linalg import nuclear_norm, psd_sqrt, safe_sqrt
+from .linalg import nuclear_norm, safe_sqrt
 
 __all__ = ["bures_wasserstein_squared", "covariance_factors", "sqeuclidean"]
 
@@ -43,34 +46,68 @@ def covariance_factors(
     r"""Factors ``F`` with :math:`F^\top F = \Sigma + \text{ridge}\, I`, as few rows as possible.
 
     Args:
-        factors: ``(C, r, d)`` factors (e.g. centred, scaled samples), or None.
+        factors: ``(C, r, d)`` factors (e.g. centred, scaled samples, or the float64 eigen-factors of
+            :meth:`~datasetflow.data.dataset.LabeledDataset.class_stats`), or None.
         covariances: ``(C, d, d)`` covariance matrices, used when ``factors`` is None.
         ridge: non-negative value added to the diagonal of every covariance.
 
     Returns:
-        ``(C, r', d)`` with ``r' = r`` if the factors are thin (``r <= d``) and there is no
-        ridge, else ``r' = d`` and ``F = (\Sigma + \text{ridge} I)^{1/2}``.
+        ``factors`` as they are when given and there is no ridge. Otherwise
+        :math:`F = \Lambda^{1/2} V^\top` from a float64 eigendecomposition of
+        :math:`\Sigma + \text{ridge}\, I` (formed in float64; eigenvalues below
+        :math:`d\,\varepsilon_{64}\lambda_{\max}` are set to 0, see
+        :func:`~datasetflow.data.moments.covariance_factor`), ``(C, r', d)`` with ``r'`` the largest
+        numerical rank (``d`` with a ridge), in the input's dtype. Differentiable for every
+        Bures-Wasserstein use (losses that depend on :math:`F^\top F`).
     """
-    if factors is not None and factors.shape[-2] <= factors.shape[-1] and ridge == 0.0:
+    if factors is not None and ridge == 0.0:
         return factors
-    if covariances is None:
-        if factors is None:
-            raise InvalidArgumentError("covariance_factors needs factors or covariances, got neither.")
-        covariances = factors.mT @ factors
+    if factors is not None:
+        f64 = factors.to(torch.float64)
+        covariances64, dtype = f64.mT @ f64, factors.dtype
+    elif covariances is not None:
+        covariances64, dtype = covariances.to(torch.float64), covariances.dtype
+    else:
+        raise InvalidArgumentError("covariance_factors needs factors or covariances, got neither.")
     if ridge:
-        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-        covariances = covariances + ridge * eye
-    return psd_sqrt(covariances)
+        eye = torch.eye(covariances64.shape[-1], dtype=torch.float64, device=covariances64.device)
+        covariances64 = covariances64 + ridge * eye
+    return covariance_factor(covariances64).to(dtype)
 
 
-#: Largest number of entries of the all-pairs product matrix formed by a single GEMM.
-_ALL_PAIRS_BUDGET = 1 << 26
+#: Class-pair products ``K_ij`` are formed and reduced in batches of at most this many entries.
+_PAIR_BATCH_ELEMENTS = 1 << 24
 
 
-def _pair_batches(num_pairs: int, rows1: int, rows2: int, budget: int = 1 << 24) -> int:
-    """How many class pairs fit in one batched product without exceeding ``budget`` elements."""
-    per_pair = max(rows1 * rows2, min(rows1, rows2) ** 2, 1)
-    return max(1, min(num_pairs, budget // per_pair))
+def _used_rows(factors: torch.Tensor) -> list[int]:
+    """Rows of each ``(r, d)`` factor up to its last non-zero one (factors are zero-padded at the end)."""
+    with torch.no_grad():
+        nonzero = (factors != 0).any(dim=-1)  # (C, r)
+        last = torch.where(nonzero, torch.arange(1, factors.shape[1] + 1, device=factors.device), 0).amax(dim=-1)
+    return last.tolist()
+
+
+def _trace_terms(factors1, factors2, rows, cols, symmetric: bool) -> torch.Tensor:
+    r""":math:`\|F_i F_j^\top\|_*` for the class pairs ``(rows[p], cols[p])``, ``(P,)``.
+
+    Each factor is cut to its used rows, and pairs of equal cut shapes are reduced in batches, so a
+    rank-500 class padded to 784 rows costs a 500-row product, not a 784-row one.
+    """
+    used1 = _used_rows(factors1)
+    used2 = used1 if symmetric else _used_rows(factors2)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for p, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        groups.setdefault((max(used1[i], 1), max(used2[j], 1)), []).append(p)
+    out = factors1.new_zeros(rows.numel())
+    for (r1, r2), pairs in groups.items():
+        pairs_t = torch.tensor(pairs, device=rows.device)
+        step = max(1, _PAIR_BATCH_ELEMENTS // max(r1 * r2, min(r1, r2) ** 2, 1))
+        for start in range(0, len(pairs), step):
+            chunk = pairs_t[start : start + step]
+            left = factors1[rows[chunk], :r1]
+            right = factors2[cols[chunk], :r2]
+            out = out.index_put((chunk,), nuclear_norm(left @ right.mT))
+    return out
 
 
 def bures_wasserstein_squared(
@@ -121,20 +158,7 @@ def bures_wasserstein_squared(
     else:
         rows = torch.arange(num1, device=means1.device).repeat_interleave(num2)
         cols = torch.arange(num2, device=means1.device).repeat(num1)
-    r1, r2 = factors1.shape[-2], factors2.shape[-2]
-    all_products = None
-    if num1 * r1 * num2 * r2 <= _ALL_PAIRS_BUDGET:
-        # one GEMM gives every class-pair block K_ij = F_i F_j^T at once: (C1, C2, r1, r2)
-        flat1 = factors1.reshape(num1 * r1, -1)
-        flat2 = flat1 if symmetric else factors2.reshape(num2 * r2, -1)
-        all_products = (flat1 @ flat2.mT).reshape(num1, r1, num2, r2).transpose(1, 2)
-    step = _pair_batches(rows.numel(), r1, r2)
-    cross_parts = []
-    for start in range(0, rows.numel(), step):
-        i, j = rows[start : start + step], cols[start : start + step]
-        product = all_products[i, j] if all_products is not None else factors1[i] @ factors2[j].mT
-        cross_parts.append(nuclear_norm(product))  # (P,)
-    cross = torch.cat(cross_parts) if cross_parts else trace1.new_zeros(0)
+    cross = _trace_terms(factors1, factors1 if symmetric else factors2, rows, cols, symmetric)
     flat = trace1[rows] + trace2[cols] - 2.0 * cross + mean_term[rows, cols]
     out = torch.zeros(num1, num2, dtype=flat.dtype, device=flat.device).index_put((rows, cols), flat)
     if symmetric:

@@ -17,25 +17,22 @@ from __future__ import annotations
 
 import torch
 
+from ..data.moments import eigenvalue_floor
+from ..utils import lapack_threads
+
 __all__ = ["psd_sqrt", "nuclear_norm", "safe_sqrt"]
-
-
-def _rank_tolerance(eigenvalues: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues below this (per matrix) are treated as zero: ``n * eps * max(|l|)``."""
-    n = eigenvalues.shape[-1]
-    scale = eigenvalues.abs().amax(dim=-1, keepdim=True)
-    return n * torch.finfo(eigenvalues.dtype).eps * scale
 
 
 class _PsdSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
-        sym = 0.5 * (matrix + matrix.mT)
-        eigenvalues, eigenvectors = torch.linalg.eigh(sym)
-        tol = _rank_tolerance(eigenvalues)
+        sym = 0.5 * (matrix + matrix.mT).to(torch.float64)
+        with lapack_threads(sym):
+            eigenvalues, eigenvectors = torch.linalg.eigh(sym)
+        tol = eigenvalue_floor(eigenvalues)
         roots = torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues)).sqrt()
         ctx.save_for_backward(roots, eigenvectors)
-        return (eigenvectors * roots.unsqueeze(-2)) @ eigenvectors.mT
+        return ((eigenvectors * roots.unsqueeze(-2)) @ eigenvectors.mT).to(matrix.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -43,9 +40,9 @@ class _PsdSqrt(torch.autograd.Function):
         denom = roots.unsqueeze(-1) + roots.unsqueeze(-2)
         tiny = torch.finfo(roots.dtype).tiny
         inv = torch.where(denom > tiny, 1.0 / denom.clamp_min(tiny), torch.zeros_like(denom))
-        grad_sym = 0.5 * (grad_output + grad_output.mT)
+        grad_sym = 0.5 * (grad_output + grad_output.mT).to(torch.float64)
         inner = eigenvectors.mT @ grad_sym @ eigenvectors
-        return eigenvectors @ (inner * inv) @ eigenvectors.mT
+        return (eigenvectors @ (inner * inv) @ eigenvectors.mT).to(grad_output.dtype)
 
 
 class _NuclearNorm(torch.autograd.Function):
@@ -55,11 +52,13 @@ class _NuclearNorm(torch.autograd.Function):
         k64 = matrix.to(torch.float64)
         gram = k64 @ k64.mT if rows <= cols else k64.mT @ k64
         if not ctx.needs_input_grad[0]:  # eigenvalues only: about twice as fast
-            eigenvalues = torch.linalg.eigvalsh(gram)
-            positive = eigenvalues > _rank_tolerance(eigenvalues)
+            with lapack_threads(gram):
+                eigenvalues = torch.linalg.eigvalsh(gram)
+            positive = eigenvalues > eigenvalue_floor(eigenvalues)
             return torch.where(positive, eigenvalues, 0.0).sqrt().sum(dim=-1).to(matrix.dtype)
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-        positive = eigenvalues > _rank_tolerance(eigenvalues)
+        with lapack_threads(gram):
+            eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        positive = eigenvalues > eigenvalue_floor(eigenvalues)
         roots = torch.where(positive, eigenvalues, 0.0).sqrt()
         inv_roots = torch.where(positive, 1.0 / roots.clamp_min(torch.finfo(roots.dtype).tiny), 0.0)
         inv_sqrt = (eigenvectors * inv_roots.unsqueeze(-2)) @ eigenvectors.mT  # (gram)^{+1/2}
@@ -76,7 +75,9 @@ class _NuclearNorm(torch.autograd.Function):
 def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     """Principal square root of symmetric PSD matrices ``(..., d, d)`` with a stable backward.
 
-    Negative eigenvalues from round-off are clipped to zero. The backward is finite for
+    The eigendecomposition runs in float64 whatever the input dtype (a float32 ``eigh`` of a large
+    covariance can fail to converge); the result has the input's dtype. Eigenvalues below
+    ``d * eps64 * max |l|`` (round-off, negative ones included) are set to zero. The backward is finite for
     repeated and zero eigenvalues (see the module docstring).
     """
     return _PsdSqrt.apply(matrix)

@@ -454,7 +454,7 @@ class LabeledDataset:
 
     # ------------------------------------------------------------------ statistics
     def class_stats(self, *, unbiased: bool = True) -> ClassStats:
-        r"""Per-class means and covariances, computed in one batched pass.
+        r"""Per-class means and covariances, in one streaming float64 pass over the samples.
 
         The mean of class :math:`c` is :math:`m_c = \sum_{i \in c} w_i x_i / W_c` with
         :math:`W_c = \sum_{i \in c} w_i`. The covariance is the *unbiased* estimator by
@@ -465,9 +465,20 @@ class LabeledDataset:
         which is the usual :math:`1/(n_c - 1)` normalisation for uniform weights
         (``unbiased=False`` divides by :math:`W_c`, i.e. :math:`1/n_c`).
 
-        The covariance is returned as a factor ``F_c`` (``(C, r, d)``, ``r = max n_c``
-        zero-padded rows) with :math:`\Sigma_c = F_c^\top F_c`, never as a ``d x d`` matrix
-        unless asked for. Everything is differentiable with respect to ``x``.
+        Means are accumulated in float64 over row blocks (:func:`~datasetflow.data.moments.class_moments`).
+        The covariance is returned as a factor ``F_c`` (``(C, r, d)``, :math:`\Sigma_c = F_c^\top F_c`,
+        zero-padded rows), never as a ``d x d`` matrix unless asked for:
+
+        * a class with ``n_c <= d`` samples keeps its thin factor, the centred samples scaled by
+          :math:`\sqrt{w_i / N_c}` (``n_c`` rows);
+        * a class with ``n_c > d`` samples has its ``d x d`` covariance accumulated in float64 row blocks
+          (memory :math:`O(d^2)` per class, no copy of its samples) and factored once,
+          :math:`F_c = \Lambda^{1/2} V^\top` from a float64 eigendecomposition, with the eigenvalue floor
+          :math:`d\,\varepsilon_{64}\,\lambda_{\max}` (:func:`~datasetflow.data.moments.covariance_factor`;
+          ``r_c`` rows, the numerical rank).
+
+        Factors are cast to the dtype of ``x``. Everything is differentiable with respect to ``x``
+        (large classes through the blockwise backward passes of the two functions above).
 
         A class with a single sample has no unbiased covariance; it is given a zero
         covariance (a Dirac) and a :class:`DegenerateClassWarning` is issued.
@@ -478,19 +489,12 @@ class LabeledDataset:
         Returns:
             A :class:`ClassStats` with ``means``, ``factors``, ``weights`` and ``counts``.
         """
+        from .moments import class_moments, covariance_factor
+
         x, y, w = self.x, self.y, self.weights
-        num_classes = self.num_classes
+        num_classes, dim = self.num_classes, self.dim
         counts = torch.bincount(y, minlength=num_classes)
         class_mass = torch.zeros(num_classes, dtype=w.dtype, device=w.device).index_add(0, y, w)
-        sums = torch.zeros(num_classes, self.dim, dtype=x.dtype, device=x.device).index_add(0, y, w[:, None] * x)
-        means = sums / class_mass[:, None]
-
-        # position of each sample inside its class, for scattering into a padded (C, r, d) tensor
-        order = torch.argsort(y, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        position = torch.empty_like(y)
-        position[order] = torch.arange(len(y), device=y.device) - starts[y[order]]
-
         if unbiased:
             sq_mass = torch.zeros_like(class_mass).index_add(0, y, w * w)
             normaliser = class_mass - sq_mass / class_mass
@@ -506,11 +510,32 @@ class LabeledDataset:
                 stacklevel=2,
             )
             normaliser = torch.where(single, torch.ones_like(normaliser), normaliser)
-        scale = torch.sqrt(w / normaliser[y])
-        scale = torch.where(single[y], torch.zeros_like(scale), scale)
-        rows = int(counts.max())
-        factors = torch.zeros(num_classes, rows, self.dim, dtype=x.dtype, device=x.device)
-        factors = factors.index_put((y, position), scale[:, None] * (x - means[y]))
+
+        order = torch.argsort(y, stable=True)
+        members = list(torch.split(order, counts.tolist()))
+        large = (counts > dim) & ~single
+        dense = torch.nonzero(large).flatten().tolist()
+        means64, covariances64 = class_moments(x, members, w, class_mass, normaliser, dense)
+        means = means64.to(x.dtype)
+
+        thin = ~large[y]
+        thin_rows = int(counts[~large].max()) if bool((~large).any()) else 0
+        dense_factors = covariance_factor(covariances64).to(x.dtype) if dense else None
+        rows = max(thin_rows, dense_factors.shape[1] if dense_factors is not None else 0, 1)
+        factors = x.new_zeros(num_classes, rows, dim)
+        if thin_rows:
+            # position of each sample inside its class, for scattering into the padded (C, r, d) tensor
+            starts = torch.cumsum(counts, 0) - counts
+            position = torch.empty_like(y)
+            position[order] = torch.arange(len(y), device=y.device) - starts[y[order]]
+            scale = torch.sqrt(w / normaliser[y])
+            scale = torch.where(single[y], torch.zeros_like(scale), scale)
+            index = torch.nonzero(thin).flatten()
+            values = scale[index, None] * (x[index] - means[y[index]])
+            factors = factors.index_put((y[index], position[index]), values)
+        if dense_factors is not None:
+            padded = torch.nn.functional.pad(dense_factors, (0, 0, 0, rows - dense_factors.shape[1]))
+            factors = factors.index_copy(0, torch.tensor(dense, device=x.device), padded)
         return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, factors=factors)
 
 

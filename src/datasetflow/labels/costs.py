@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..costs.gaussian import bures_wasserstein_squared, covariance_factors
+from ..costs.gaussian import bures_wasserstein_squared, covariance_factors, sqeuclidean
 from ..costs.ground import OTDDCost
 from ..data.dataset import ClassStats, LabeledDataset
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -291,12 +291,76 @@ class _CloudLabelCost(LabelCost):
 
 
 class ExactLabelCost(_CloudLabelCost):
-    """Exact squared W2 between class point clouds (POT network simplex), envelope gradients."""
+    r"""Exact squared W2 between class point clouds (POT network simplex), envelope gradients.
+
+    Pairs of clouds of at most two points each (e.g. many classes of two samples) skip the network
+    simplex: every such ``2 x 2`` transport is solved in closed form, all pairs at once from one
+    matrix of point-to-point squared distances. With marginals ``(p, 1 - p)`` and ``(q, 1 - q)`` the
+    plan is ``[[t, p - t], [q - t, 1 - p - q + t]]``, linear in ``t``, so ``t`` is
+    ``min(p, q)`` if :math:`C_{00} + C_{11} < C_{01} + C_{10}` and ``max(0, p + q - 1)`` otherwise
+    (a one-point cloud is ``p = 1``). The value :math:`\sum P \odot C` carries the envelope gradient
+    (and the derivative with respect to the weights).
+    """
 
     name = "exact"
 
     def _solve(self, x1, w1, x2, w2):
         return solve(OTDDCost(x1, x2), w1, w2, method="exact").value
+
+    def _compare(self, clouds1: ClassClouds, clouds2: ClassClouds | None) -> torch.Tensor:
+        symmetric = clouds2 is None
+        second = clouds1 if symmetric else clouds2
+        _check_dims(clouds1.dim, second.dim)
+        device = clouds1.device
+        tiny1 = torch.tensor([p.shape[0] <= 2 for p in clouds1.points], device=device)
+        tiny2 = tiny1 if symmetric else torch.tensor([p.shape[0] <= 2 for p in second.points], device=device)
+        if not (bool(tiny1.any()) and bool(tiny2.any())):
+            return super()._compare(clouds1, clouds2)
+        wanted = torch.ones(tiny1.numel(), tiny2.numel(), dtype=torch.bool, device=device)
+        if symmetric:
+            wanted = torch.triu(wanted, diagonal=1)
+        fast = wanted & tiny1[:, None] & tiny2[None, :]
+        out = _two_point_exact(clouds1, second, *torch.nonzero(fast, as_tuple=True))
+        others = torch.nonzero(wanted & ~fast).tolist()
+        if others:
+            values = [
+                self._solve(clouds1.points[i], clouds1.weights[i], second.points[j], second.weights[j])
+                for i, j in others
+            ]
+            index = torch.tensor(others, device=device).T
+            out = out.index_put((index[0], index[1]), torch.stack(values).to(out))
+        if symmetric:
+            out = out + out.mT
+        return out
+
+
+def _two_point_exact(
+    clouds1: ClassClouds, clouds2: ClassClouds, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """``(C1, C2)`` exact W2^2 for the pairs ``(rows, cols)`` of clouds of one or two points (0 elsewhere)."""
+
+    def ends(clouds: ClassClouds) -> tuple[torch.Tensor, torch.Tensor]:
+        # indices of each class's first and last point in the concatenated points, and its first weight
+        counts = torch.tensor([p.shape[0] for p in clouds.points], device=clouds.device)
+        starts = torch.cumsum(counts, 0) - counts
+        first = torch.stack([w[0] if w.shape[0] == 2 else torch.ones_like(w[0]) for w in clouds.weights])
+        return torch.stack([starts, starts + counts - 1], 1), first
+
+    out = clouds1.points[0].new_zeros(len(clouds1.points), len(clouds2.points))
+    if rows.numel() == 0:
+        return out
+    index1, first1 = ends(clouds1)
+    index2, first2 = ends(clouds2)
+    points1 = torch.cat(list(clouds1.points))
+    distances = sqeuclidean(points1, torch.cat(list(clouds2.points)).to(points1))  # one GEMM for all point pairs
+    cost = distances[index1[rows][:, :, None], index2[cols][:, None, :]]  # (P, 2, 2)
+    p, q = first1[rows].to(cost), first2[cols].to(cost)  # a one-point cloud has p = 1
+    with torch.no_grad():
+        diagonal_cheaper = (cost[:, 0, 0] + cost[:, 1, 1]) < (cost[:, 0, 1] + cost[:, 1, 0])
+    t = torch.where(diagonal_cheaper, torch.minimum(p, q), (p + q - 1).clamp_min(0))
+    plan = torch.stack([torch.stack([t, p - t], -1), torch.stack([q - t, 1 - p - q + t], -1)], -2)
+    values = (plan * cost).sum(dim=(-2, -1)).clamp_min(0)
+    return out.index_put((rows, cols), values)
 
 
 class SinkhornLabelCost(_CloudLabelCost):
