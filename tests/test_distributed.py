@@ -270,3 +270,40 @@ def test_torchrun_flow_equals_the_single_process_command(tmp_path):
         timeout=300,
     )
     assert resumed.returncode != 0 and "world_size=2 (was 1)" in resumed.stderr
+
+
+# ---------------------------------------------------------------------- sharded class statistics
+def _sharded_stats(world: World) -> dict:
+    from datasetflow.data import sharded_class_stats
+
+    data = _mixture()
+    part = shard(data, world)
+    x = part.x.clone().requires_grad_()
+    stats = sharded_class_stats(part.with_features(x), world)
+    cov = stats.covariance_matrices()
+    loss = all_reduce_sum(torch.zeros((), dtype=torch.float64), world) + (stats.means**3).sum() + (cov**2).sum()
+    (grad,) = torch.autograd.grad(loss, x)
+    return {"means": stats.means.detach(), "cov": cov.detach(), "counts": stats.counts, "grad": grad}
+
+
+def _mixture() -> LabeledDataset:
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(37, 5, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 2, 5, dtype=torch.float64)
+    y = [0] * 12 + [1] * 3 + [2] * 22  # one class below d, one above, uneven shards
+    return LabeledDataset(x + torch.tensor(y, dtype=torch.float64)[:, None], y)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_sharded_class_statistics_equal_one_process(size):
+    data = _mixture()
+    x = data.x.clone().requires_grad_()
+    stats = data.with_features(x).class_stats()
+    cov = stats.covariance_matrices()
+    (grad,) = torch.autograd.grad((stats.means**3).sum() + (cov**2).sum(), x)
+    results = run_distributed(_sharded_stats, size)
+    for rank, res in enumerate(results):
+        assert torch.allclose(res["means"], stats.means.detach(), rtol=0, atol=1e-12)
+        assert torch.allclose(res["cov"], cov.detach(), rtol=0, atol=1e-10)
+        assert torch.equal(res["counts"], stats.counts)
+        start, stop = shard_range(len(data), World(rank=rank, size=size))
+        assert torch.allclose(res["grad"], grad[start:stop], rtol=0, atol=1e-10)

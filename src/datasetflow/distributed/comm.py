@@ -45,6 +45,7 @@ __all__ = [
     "launched_world_size",
     "shard_range",
     "all_reduce_sum",
+    "mark_replicated",
     "all_reduce_max",
     "all_reduce_min",
     "gather_rows",
@@ -236,6 +237,31 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
         return tensor
     with collective(world, "an all-reduce (sum)"):
         return _AllReduceSum.apply(tensor, world.group)
+
+
+class _Replicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def mark_replicated(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """``tensor``, the same on every rank, as consumed by rank-local work: its gradient is summed over ranks.
+
+    The dual of :func:`all_reduce_sum`. A replicated quantity (class statistics, a label-distance matrix)
+    that each rank uses only for its own rows receives a partial gradient on every rank; summing them
+    gives the gradient of the whole objective, which then flows on to what the quantity was built from.
+    """
+    if not world.distributed or not tensor.requires_grad:
+        return tensor
+    return _Replicated.apply(tensor, world.group)
 
 
 def _reduce(tensor: torch.Tensor, world: World, op: Any, what: str) -> torch.Tensor:
