@@ -423,15 +423,16 @@ class LabeledDataset:
         """A copy with features multiplied by ``factor`` (e.g. ``1/255`` for ``uint8`` pixels)."""
         return self.with_features(self.x * factor)
 
-    def take(self, index: torch.Tensor) -> LabeledDataset:
-        """The samples ``index`` (a long tensor) with the same classes and renormalised weights.
+    def take(self, index: torch.Tensor, weights: torch.Tensor | None = None) -> LabeledDataset:
+        """The samples ``index`` (a long tensor) with the same classes and renormalised weights
+        (``weights``, shape ``(len(index),)``, instead of the selected ones if given).
 
         Unlike :meth:`subset`, classes are kept as they are, so every class must keep a sample.
         """
         y = self.y[index]
         if bool((torch.bincount(y, minlength=self.num_classes) == 0).any()):
             raise EmptyDatasetError("take() would leave a class without samples; use subset() to drop classes.")
-        w = self.weights[index]
+        w = self.weights[index] if weights is None else weights.to(self.weights)
         return self._replace(x=self.x[index], y=y, weights=w / w.sum())
 
     def subset(self, index: Any) -> LabeledDataset:

@@ -123,6 +123,7 @@ def otdd(
     n_batches: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    disjoint: bool = False,
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -176,8 +177,8 @@ def otdd(
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
         rank: ``outer="lowrank"``: the rank (see :func:`~datasetflow.solvers.api.solve`).
-        batch_size, n_batches, seed, generator: ``outer="minibatch"`` (``seed`` also seeds the low-rank
-            initial factors).
+        batch_size, n_batches, seed, generator, disjoint: ``outer="minibatch"`` (``seed`` also seeds the
+            low-rank initial factors); see :func:`~datasetflow.solvers.minibatch.minibatch_ot`.
 
     Returns:
         :class:`OTDDResult`; ``distance_squared`` is differentiable with respect to
@@ -248,7 +249,13 @@ def otdd(
     if outer == "lowrank":
         options = {"rank": rank, "seed": seed}
     elif outer == "minibatch":
-        options = {"batch_size": batch_size, "n_batches": n_batches, "seed": seed, "generator": generator}
+        options = {
+            "batch_size": batch_size,
+            "n_batches": n_batches,
+            "seed": seed,
+            "generator": generator,
+            "disjoint": disjoint,
+        }
     result = solve(
         cost,
         a,

@@ -78,6 +78,7 @@ def solve(
     n_batches: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    disjoint: bool = False,
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
 
@@ -115,6 +116,8 @@ def solve(
         seed: ``"lowrank"`` initial factors, ``"minibatch"`` draws (unless ``generator`` is given).
         generator: ``"minibatch"``: a ``torch.Generator`` on the cost's device to draw from (flows pass
             their checkpointed one).
+        disjoint: ``"minibatch"``: disjoint source minibatches (see
+            :func:`~datasetflow.solvers.minibatch.minibatch_ot`).
 
     Returns:
         :class:`OTResult` with ``value``, ``value_linear``, ``plan``, ``potentials``,
@@ -169,6 +172,7 @@ def solve(
             reg=float(reg) if reg else None,
             seed=seed,
             generator=generator,
+            disjoint=disjoint,
             grad=grad,
             max_iter=max_iter,
             tol=tol,

@@ -35,7 +35,7 @@ from .exact import exact_ot
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
-__all__ = ["minibatch_ot", "draw_minibatch", "DEFAULT_BATCH_SIZE", "DEFAULT_N_BATCHES"]
+__all__ = ["minibatch_ot", "draw_minibatch", "disjoint_minibatches", "DEFAULT_BATCH_SIZE", "DEFAULT_N_BATCHES"]
 
 #: Default minibatch size (capped at ``min(n, m)``).
 DEFAULT_BATCH_SIZE = 1000
@@ -100,6 +100,56 @@ def draw_minibatch(
     return index, batch_w / batch_w.sum() * w.sum()
 
 
+def disjoint_minibatches(
+    weights: torch.Tensor,
+    size: int,
+    count: int,
+    generator: torch.Generator,
+    labels: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    r"""``count`` *disjoint* minibatches of ``size`` points (``count * size <= len(weights)``): consecutive
+    chunks of one random order (per class when ``labels`` are given, with the class quotas of
+    :func:`draw_minibatch`), weights renormalised as there. Each minibatch is, on its own, a uniform draw;
+    together they move every particle at most once, so that in a flow each drawn particle receives its
+    own displacement (the mean of ``count`` minibatch gradients, each of mass ``1/size``).
+
+    Returns:
+        a list of ``(index (size,), batch weights (size,))``.
+    """
+    w = weights.detach()
+    n = w.shape[0]
+    if labels is None:
+        order = torch.randperm(n, generator=generator, device=w.device)
+        batches = []
+        for k in range(count):
+            index = order[k * size : (k + 1) * size]
+            sel = w[index]
+            batches.append((index, sel / sel.sum() * w.sum()))
+        return batches
+    num = int(labels.max()) + 1
+    masses = torch.zeros(num, dtype=w.dtype, device=w.device).index_add(0, labels, w)
+    counts = torch.bincount(labels, minlength=num)
+    take = _quotas(masses, counts, size)
+    positions = torch.arange(n, device=w.device)
+    members = {}
+    for c in torch.nonzero(take).flatten().tolist():
+        group = positions[labels == c]
+        members[c] = group[torch.randperm(group.shape[0], generator=generator, device=w.device)]
+    batches = []
+    for k in range(count):
+        parts, part_w = [], []
+        for c, group in members.items():
+            q = int(take[c])
+            # a chunk of q <= n_c consecutive positions (modulo n_c) of the class order: distinct points
+            chunk = group[torch.arange(k * q, (k + 1) * q, device=w.device) % group.shape[0]]
+            sel = w[chunk]
+            parts.append(chunk)
+            part_w.append(sel / sel.sum() * masses[c])
+        index, batch_w = torch.cat(parts), torch.cat(part_w)
+        batches.append((index, batch_w / batch_w.sum() * w.sum()))
+    return batches
+
+
 def minibatch_ot(
     cost: CostOperator,
     a: torch.Tensor,
@@ -111,6 +161,7 @@ def minibatch_ot(
     seed: int = 0,
     generator: torch.Generator | None = None,
     stratify: bool = True,
+    disjoint: bool = False,
     grad: str = "envelope",
     max_iter: int | None = None,
     tol: float | None = None,
@@ -127,6 +178,9 @@ def minibatch_ot(
         seed: seed of the minibatch draws (a ``torch.Generator`` on the cost's device), unless
             ``generator`` is given (a flow passes its own, checkpointed one).
         stratify: per-class quotas when the cost has class labels (default True).
+        disjoint: draw the ``K`` source minibatches disjoint (:func:`disjoint_minibatches`; needs
+            ``K * B <= n``; the expectation is unchanged, the variance lower). Flows use it, with
+            ``K = n // B``, so that every particle moves by its own displacement at every step.
         grad: ``"envelope"``, ``"autodiff"`` (Sinkhorn minibatches only) or ``"detach"``.
         max_iter, tol: limits of the minibatch solvers.
 
@@ -150,13 +204,22 @@ def minibatch_ot(
         n_batches = DEFAULT_N_BATCHES
     if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
         raise InvalidArgumentError(f"n_batches must be a positive int, got {n_batches!r}.")
+    if disjoint and n_batches * batch_size > n:
+        raise InvalidArgumentError(
+            f"disjoint minibatches need n_batches * batch_size <= n, got {n_batches} * {batch_size} > {n}."
+        )
     if generator is None:
         generator = torch.Generator(device=cost.device).manual_seed(int(seed))
     strata = cost.strata() if stratify else None
+    source_labels = None if strata is None else strata[0]
+    sources = disjoint_minibatches(a, batch_size, n_batches, generator, source_labels) if disjoint else None
     values = []
     results: list[OTResult] = []
-    for _ in range(n_batches):
-        rows, wa = draw_minibatch(a, batch_size, generator, None if strata is None else strata[0])
+    for k in range(n_batches):
+        if sources is None:
+            rows, wa = draw_minibatch(a, batch_size, generator, source_labels)
+        else:
+            rows, wa = sources[k]
         cols, wb = draw_minibatch(b, batch_size, generator, None if strata is None else strata[1])
         sub = cost.subset(rows, cols)
         if reg is None:
@@ -195,6 +258,7 @@ def minibatch_ot(
             "batch_size": batch_size,
             "n_batches": n_batches,
             "stratified": strata is not None,
+            "disjoint": disjoint,
             "inner": "exact" if reg is None else "sinkhorn",
             "seed": seed,
             "grad": grad,
