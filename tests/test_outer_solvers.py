@@ -205,3 +205,15 @@ def test_lowrank_follows_device_and_dtype(gen):
         res = solve(cost32, a, b, method="lowrank", rank=5)
     assert res.value.dtype == torch.float32 and res.value.device == cost32.x.device
     assert all(t.dtype == torch.float32 for t in res.plan_factors)
+
+
+def test_diagonal_class_stats_match_torch_var():
+    data = G.labeled_blobs([12, 9, 15], dim=4, seed=3)
+    stats = data.class_stats(diagonal=True)
+    full = data.class_stats()
+    assert stats.factors is None and stats.variances.shape == (3, 4)
+    for c in range(3):
+        members = data.x[data.y == c]
+        torch.testing.assert_close(stats.variances[c], members.var(0, unbiased=True))
+    torch.testing.assert_close(stats.means, full.means)
+    torch.testing.assert_close(stats.variances, full.diagonal_variances())

@@ -454,7 +454,7 @@ class LabeledDataset:
         )
 
     # ------------------------------------------------------------------ statistics
-    def class_stats(self, *, unbiased: bool = True) -> ClassStats:
+    def class_stats(self, *, unbiased: bool = True, diagonal: bool = False) -> ClassStats:
         r"""Per-class means and covariances, in one streaming float64 pass over the samples.
 
         The mean of class :math:`c` is :math:`m_c = \sum_{i \in c} w_i x_i / W_c` with
@@ -486,9 +486,11 @@ class LabeledDataset:
 
         Args:
             unbiased: use the unbiased normaliser (default) or the maximum-likelihood one.
+            diagonal: only the per-class variances (the diagonals of :math:`\Sigma_c`, ``O(C d)``: no
+                ``d x d`` work), returned as ``variances`` instead of ``factors``.
 
         Returns:
-            A :class:`ClassStats` with ``means``, ``factors``, ``weights`` and ``counts``.
+            A :class:`ClassStats` with ``means``, ``factors`` (or ``variances``), ``weights`` and ``counts``.
         """
         from .moments import class_moments, covariance_factor
 
@@ -512,6 +514,14 @@ class LabeledDataset:
             )
             normaliser = torch.where(single, torch.ones_like(normaliser), normaliser)
 
+        if diagonal:
+            means = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device).index_add(
+                0, y, w[:, None] * x
+            ) / class_mass[:, None].to(x.dtype)
+            centred = x - means[y]
+            second = torch.zeros_like(means).index_add(0, y, w[:, None] * centred * centred)
+            variances = torch.where(single[:, None], torch.zeros_like(second), second / normaliser[:, None].to(x.dtype))
+            return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, variances=variances)
         order = torch.argsort(y, stable=True)
         members = list(torch.split(order, counts.tolist()))
         large = (counts > dim) & ~single
