@@ -59,6 +59,11 @@ RANK_PER_CLASS = 4
 #: Iteration limit of the final, tight projection onto the marginal constraints.
 FINAL_PROJECTION_ITER = 100
 
+#: Iterations before the stopping test (mirror descent leaves its random, nearly independent start slowly).
+MIN_ITER = 30
+#: The stopping test compares values ``WINDOW`` iterations apart (mean relative change per iteration below ``tol``).
+WINDOW = 10
+
 #: Smallest default rank (costs without classes, or with very few).
 MIN_DEFAULT_RANK = 10
 
@@ -100,29 +105,42 @@ class _Products:
         return out
 
 
-def _safe_shift(log_target: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """``log_target - lse`` with zero-mass rows left alone (``-inf - -inf``)."""
-    shift = log_target - lse
-    return torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+def _kernel(log_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(log_m - rowmax)`` and the row maxima (rows of mass 0 stay 0)."""
+    top = log_m.max(1, keepdim=True).values
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return (log_m - top).exp(), top
+
+
+def _log(m: torch.Tensor) -> torch.Tensor:
+    return m.clamp_min(torch.finfo(m.dtype).tiny).log()
 
 
 def _project(lq, lr, lg, log_a, log_b, *, max_iter: int, tol: float, floor: float):
     """KL projection of ``(exp lq, exp lr, exp lg)`` onto ``{Q 1 = a, R 1 = b, Q^T 1 = R^T 1 = g}`` by
-    alternating Bregman projections (both sets are affine, so no Dykstra corrections are needed).
+    alternating Bregman projections (both sets are affine, so no Dykstra corrections are needed), as
+    scalings ``Q = diag(u_1) K_Q diag(v_1)`` of the row-stabilised kernels (matrix-vector products only).
     Returns ``(lq, lr, lg, error)`` with exact column sums ``g`` and L1 row-marginal error ``error``."""
     a, b = log_a.exp(), log_b.exp()
+    kq, _ = _kernel(lq)
+    kr, _ = _kernel(lr)
+    g = lg.exp()
+    v1, v2 = torch.ones_like(g), torch.ones_like(g)
+    tiny = torch.finfo(g.dtype).tiny
     error = math.inf
-    for _ in range(max_iter):
-        lq = lq + _safe_shift(log_a, torch.logsumexp(lq, 1))[:, None]
-        lr = lr + _safe_shift(log_b, torch.logsumexp(lr, 1))[:, None]
-        s_q, s_r = torch.logsumexp(lq, 0), torch.logsumexp(lr, 0)
-        lg = ((lg + s_q + s_r) / 3.0).clamp_min(floor)
-        lq = lq + (lg - s_q)[None, :]
-        lr = lr + (lg - s_r)[None, :]
-        error = float((torch.logsumexp(lq, 1).exp() - a).abs().sum() + (torch.logsumexp(lr, 1).exp() - b).abs().sum())
-        if error < tol:
-            break
-    return lq, lr, lg, error
+    for it in range(max_iter):
+        u1 = a / (kq @ v1).clamp_min(tiny)
+        u2 = b / (kr @ v2).clamp_min(tiny)
+        s1, s2 = v1 * (kq.mT @ u1), v2 * (kr.mT @ u2)
+        g = (g * s1 * s2).clamp_min(tiny).pow(1.0 / 3.0).clamp_min(math.exp(floor))
+        v1, v2 = v1 * g / s1.clamp_min(tiny), v2 * g / s2.clamp_min(tiny)
+        if it % 5 == 4 or it == max_iter - 1:
+            error = float((u1 * (kq @ v1) - a).abs().sum() + (u2 * (kr @ v2) - b).abs().sum())
+            if error < tol:
+                break
+    lq = _log(u1[:, None] * kq * v1[None, :])
+    lr = _log(u2[:, None] * kr * v2[None, :])
+    return lq, lr, _log(g), error
 
 
 def _finalise(lq, lr, log_a, log_b, *, max_iter: int, tol: float):
@@ -130,24 +148,26 @@ def _finalise(lq, lr, log_a, log_b, *, max_iter: int, tol: float):
     ``R`` towards ``Pi(b, g)`` and the rounding of Altschuler, Weed & Rigollet (2017, Alg. 2), which puts ``R``
     exactly in ``Pi(b, g)`` without changing its rank. Then ``P 1 = a`` and ``P^T 1 = b`` up to round-off, so
     ``<C, P>`` is the value of a feasible coupling. Returns ``(lq, lr, lg, remaining L1 error of R)``."""
-    lq = lq + _safe_shift(log_a, torch.logsumexp(lq, 1))[:, None]
-    lg = torch.logsumexp(lq, 0)
-    b = log_b.exp()
-    error = math.inf
-    for _ in range(max_iter):
-        lr = lr + _safe_shift(log_b, torch.logsumexp(lr, 1))[:, None]
-        lr = lr + _safe_shift(lg, torch.logsumexp(lr, 0))[None, :]
-        error = float((torch.logsumexp(lr, 1).exp() - b).abs().sum())
-        if error < tol:
+    a, b = log_a.exp(), log_b.exp()
+    kq, _ = _kernel(lq)
+    q = kq * (a / kq.sum(1).clamp_min(torch.finfo(kq.dtype).tiny))[:, None]
+    g = q.sum(0)
+    kr, _ = _kernel(lr)
+    tiny = torch.finfo(g.dtype).tiny
+    v = torch.ones_like(g)
+    for it in range(max_iter):
+        u = b / (kr @ v).clamp_min(tiny)
+        v = g / (kr.mT @ u).clamp_min(tiny)
+        if it % 5 == 4 and float((u * (kr @ v) - b).abs().sum()) < tol:
             break
-    r, g = lr.exp(), lg.exp()
-    r = r * (b / r.sum(1).clamp_min(torch.finfo(r.dtype).tiny)).clamp(max=1.0)[:, None]
+    r = u[:, None] * kr * v[None, :]
+    r = r * (b / r.sum(1).clamp_min(tiny)).clamp(max=1.0)[:, None]
     deficit_rows, deficit_cols = (b - r.sum(1)).clamp_min(0), (g - r.sum(0)).clamp_min(0)
     total = deficit_cols.sum()
     if float(total) > 0:
         r = r + deficit_rows[:, None] * deficit_cols[None, :] / total
     error = float((r.sum(1) - b).abs().sum() + (r.sum(0) - g).abs().sum())
-    return lq, r.clamp_min(torch.finfo(r.dtype).tiny).log(), lg, error
+    return _log(q), _log(r), _log(g), error
 
 
 def _spread(t: torch.Tensor) -> float:
@@ -176,7 +196,8 @@ def lowrank_ot(
         a, b: marginals ``(n,)``, ``(m,)`` with equal mass.
         rank: ``r`` with ``1 <= r <= min(n, m)``; default :func:`default_rank` (four per class).
         max_iter: mirror-descent iterations (each: two products with ``C`` and one projection).
-        tol: stop when the value changes by less than ``tol`` (relative) between two iterations.
+        tol: stop (after ``MIN_ITER`` iterations) when the value's mean relative change per iteration over the
+            last ``WINDOW`` iterations is below ``tol``.
         gamma: dimensionless mirror-descent step :math:`\gamma_0` (divided by the gradients' spread).
         inner_max_iter, inner_tol: limits of the projection after each step (L1 marginal error, default
             ``1e-4``); the final plan is projected to ``1e-10`` (float64) or ``1e-6`` (float32).
@@ -239,7 +260,9 @@ def lowrank_ot(
             cr, ctq = products.right(r), products.left(q)
             omega = (q * cr).sum(0)
             values.append(float((omega / g).sum()))
-            if len(values) > 1 and abs(values[-1] - values[-2]) <= tol * max(abs(values[-1]), 1e-30):
+            if len(values) > max(MIN_ITER, WINDOW) and (
+                abs(values[-1 - WINDOW] - values[-1]) <= WINDOW * tol * max(abs(values[-1]), 1e-30)
+            ):
                 converged = True
                 break
             grad_q, grad_r, grad_g = cr / g, ctq / g, -omega / (g * g)
