@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--limit", type=float, default=LIMIT_S, help="wall-clock limit per case (s)")
     parser.add_argument("--skip", nargs="*", default=[], help="cases SOLVER:N to skip (a reduced run; recorded)")
-    parser.add_argument("--flow-steps", type=int, default=2)
+    parser.add_argument("--flow-steps", type=int, default=2, help="flow steps at 10^5 particles (0: none)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="n per side to run")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if args.case:
@@ -151,7 +152,7 @@ def main() -> None:
     if args.flow:
         print(json.dumps(run_flow_case(args.flow[0], int(args.flow[1]), steps=args.flow_steps)))
         return
-    sizes = (1_000,) if args.quick else SIZES
+    sizes = (1_000,) if args.quick else tuple(args.sizes)
     load_before = os.getloadavg()
     rows = []
     for n in sizes:
@@ -165,7 +166,7 @@ def main() -> None:
             else:
                 continue
     flows = []
-    if not args.quick:
+    if not args.quick and args.flow_steps > 0:
         for objective in ("mmd-sw", "otdd-minibatch"):
             command = ["--flow", objective, "100000", "--flow-steps", str(args.flow_steps)]
             row = {"objective": objective, "n": 100_000, **_child(command, args.limit)}
@@ -183,9 +184,10 @@ def main() -> None:
         json.dumps({"rows": rows, "flows": flows, "load": [load_before, load_after]}, indent=2) + "\n"
     )
     note = (
-        f"Reduced run (CPU shared with other jobs): cases skipped: {', '.join(args.skip)}; limit {args.limit:.0f} s "
-        f"per case; {args.flow_steps} flow step(s)."
-        if args.skip or args.limit < LIMIT_S
+        f"**Reduced run** (CPU shared with other jobs): sizes {', '.join(f'{n:,}' for n in args.sizes)}; cases "
+        f"skipped: {', '.join(args.skip) or 'none'}; limit {args.limit:.0f} s per case; {args.flow_steps} flow "
+        "step(s) at 10^5 particles."
+        if args.skip or args.limit < LIMIT_S or tuple(args.sizes) != SIZES or args.flow_steps < 2
         else ""
     )
     write_section(args.output, "bench_largen", _markdown(rows, flows, table, load_before, load_after) + note)
@@ -198,7 +200,8 @@ def _reference(rows: list[dict], solver: str, n: int) -> float | None:
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        "| n per side | solver | value + grad (s) | peak RSS (MB) | OTDD² | vs exact OT | vs chunked Sinkhorn | notes |",
+        "| n per side | solver | value + grad (s) | peak RSS (MB) | OTDD² | vs exact OT | vs chunked Sinkhorn "
+        "| notes |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
