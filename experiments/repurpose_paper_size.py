@@ -138,6 +138,11 @@ def _markdown(payload: dict) -> str:
         f"average {load[0]:.1f} (1 min) before the run and {payload['load_average_after'][0]:.1f} after; peak "
         f"memory {payload['peak_rss_mb']:.0f} MB.",
     ]
+    lines.append(
+        "Times include the accuracy evaluations (every tenth of the run); for Fashion-MNIST each evaluation "
+        "also matches the flowed classes to the MNIST classes (WoW, exact inner OT), which the USPS run (scored "
+        "by digit names) does not need."
+    )
     minutes = [run["seconds"] / 60 for run in payload["runs"].values()]
     goal = s["goal_minutes_per_dataset"]
     if s["reduced"]:

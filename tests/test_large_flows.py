@@ -23,7 +23,7 @@ def _pair():
 
 
 OBJECTIVES = {
-    "lowrank": {"outer": "lowrank", "rank": 20, "max_iter": 60, "tol": 1e-4},
+    "lowrank": {"outer": "lowrank", "rank": 20, "max_iter": 300, "tol": 1e-3},
     "minibatch": {"outer": "minibatch", "batch_size": 1000, "seed": 3},
     "stochastic-sinkhorn": {"target_batch": 500, "particle_batch": 1000, "reg": 5.0, "seed": 4},
 }
