@@ -144,6 +144,10 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="cases SOLVER:N to skip (a reduced run; recorded)")
     parser.add_argument("--flow-steps", type=int, default=2, help="flow steps at 10^5 particles (0: none)")
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="n per side to run")
+    parser.add_argument("--solvers", nargs="*", default=list(SOLVERS), help="solvers to run")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other rows of results/bench_largen.json (a run in parts)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if args.case:
@@ -154,9 +158,13 @@ def main() -> None:
         return
     sizes = (1_000,) if args.quick else tuple(args.sizes)
     load_before = os.getloadavg()
+    saved = ROOT / "results" / "bench_largen.json"
+    previous = json.loads(saved.read_text()) if args.append and saved.is_file() else {}
     rows = []
     for n in sizes:
         for solver, allowed in SOLVERS.items():
+            if solver not in args.solvers:
+                continue
             if f"{solver}:{n}" in args.skip:
                 rows.append({"solver": solver, "n": n, "error": "skipped in this (reduced) run"})
             elif n in allowed:
@@ -173,6 +181,14 @@ def main() -> None:
             flows.append(row)
             print(json.dumps(row), flush=True)
     load_after = os.getloadavg()
+    if previous:
+        done = {(r["solver"], r["n"]) for r in rows}
+        kept = [r for r in previous["rows"] if (r["solver"], r["n"]) not in done]
+        order = {name: k for k, name in enumerate(SOLVERS)}
+        rows = sorted(kept + rows, key=lambda r: (r["n"], order.get(r["solver"], 99)))
+        flows = flows or previous.get("flows", [])
+        load_before = min(load_before, tuple(previous["load"][0]))
+        load_after = max(load_after, tuple(previous["load"][1]))
     table = _table(rows)
     print(table)
     if args.quick:
@@ -181,13 +197,15 @@ def main() -> None:
     _figure(rows, figure)
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "bench_largen.json").write_text(
-        json.dumps({"rows": rows, "flows": flows, "load": [load_before, load_after]}, indent=2) + "\n"
+        json.dumps({"rows": rows, "flows": flows, "load": [load_before, load_after], "skipped": args.skip}, indent=2)
+        + "\n"
     )
+    args.skip += [s for s in previous.get("skipped", []) if s not in args.skip]
     note = (
-        f"**Reduced run** (CPU shared with other jobs): sizes {', '.join(f'{n:,}' for n in args.sizes)}; cases "
+        f"**Reduced run** (CPU shared with other jobs, run in parts): cases "
         f"skipped: {', '.join(args.skip) or 'none'}; limit {args.limit:.0f} s per case; {args.flow_steps} flow "
         "step(s) at 10^5 particles."
-        if args.skip or args.limit < LIMIT_S or tuple(args.sizes) != SIZES or args.flow_steps < 2
+        if args.skip or args.limit < LIMIT_S or args.append or tuple(args.sizes) != SIZES or args.flow_steps < 2
         else ""
     )
     write_section(args.output, "bench_largen", _markdown(rows, flows, table, load_before, load_after) + note)
