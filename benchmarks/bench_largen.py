@@ -203,16 +203,28 @@ def main() -> None:
         json.dumps({"rows": rows, "flows": flows, "load": [load_before, load_after], "skipped": args.skip}, indent=2)
         + "\n"
     )
-    args.skip += [s for s in previous.get("skipped", []) if s not in args.skip]
-    note = (
-        f"**Reduced run** (CPU shared with other jobs, run in parts): cases "
-        f"skipped: {', '.join(args.skip) or 'none'}; limit {args.limit:.0f} s per case; {args.flow_steps} flow "
-        "step(s) at 10^5 particles."
-        if args.skip or args.limit < LIMIT_S or args.append or tuple(args.sizes) != SIZES or args.flow_steps < 2
-        else ""
-    )
+    note = _note(rows, flows, args.limit)
     write_section(args.output, "bench_largen", _markdown(rows, flows, table, load_before, load_after) + note)
     print(f"wrote {args.output} and {figure}")
+
+
+def _note(rows: list[dict], flows: list[dict], limit: float) -> str:
+    """The reduction statement of a run that did not run every case."""
+    missing = [f"{r['solver']} at {r['n']:,} ({r['error']})" for r in rows if "error" in r]
+    missing += [
+        f"{r['solver']} at {n:,} (not run)"
+        for r in [{"solver": k} for k in SOLVERS]
+        for n in SOLVERS[r["solver"]]
+        if not any(x["solver"] == r["solver"] and x["n"] == n for x in rows)
+    ]
+    steps = {len(f.get("seconds_per_step", [])) for f in flows}
+    if not missing and steps <= {2}:
+        return ""
+    return (
+        "\n**Reduced run** (the CPU was shared with other jobs; run in parts with `--append`, at most "
+        f"{limit:.0f} s per case): missing cases: {'; '.join(missing) or 'none'}; "
+        f"{max(steps) if steps else 0} timed flow step(s) per objective.\n"
+    )
 
 
 def _reference(rows: list[dict], solver: str, n: int) -> float | None:
