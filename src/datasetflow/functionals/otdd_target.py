@@ -140,7 +140,9 @@ class OTDDToTarget(Functional):
                 cache["target_value"] = result.ot.self_values[1]
         if sinkhorn and result.ot.potentials is not None:
             cache["f"], cache["g"] = result.ot.potentials
-        return 0.5 * result.distance_squared
+        # the raw OT value, not the distance clamped at 0: near the target a debiased value can dip
+        # below 0 by round-off, and the clamp would zero the gradient there
+        return 0.5 * result.ot.value
 
 
 def otdd_to(target: LabeledDataset, **options: Any) -> OTDDToTarget:
