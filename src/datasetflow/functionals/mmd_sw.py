@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
+from ..data.sharding import sharded_class_stats
 from ..distances.mmd import class_masses, kernel_label_cost, mmd_from_summaries
+from ..distributed.comm import World, all_reduce_sum
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..labels.costs import LabelCost, SlicedLabelCost
 from ..labels.kernels import SWKernel, get_kernel
@@ -52,9 +54,16 @@ class MMDSWToTarget(Functional):
     directions (or a target minibatch) it is recomputed from the same step's sorted target
     projections, which that step needs anyway (one extra ``C' x C'`` block of the Gram product),
     so that the logged value is the exact MMD for that step's directions and never negative.
+
+    Sharded particles (``state.world.size > 1``): the directions and target minibatches are drawn from the
+    same seed on every rank; the ``(n_r, L)`` projections of every shard are all-gathered (padded), so every
+    rank sorts all classes and computes the same value, with the gradient of its own particles. A statistics
+    label cost (``inner="gaussian"``) uses all-reduced class statistics instead. See ``docs/distributed.md``.
     """
 
     name = "mmd_sw"
+    #: sharded particles (exact mode): every rank's sorted class projections are all-gathered, ``O(n L)`` numbers
+    supports_sharding = True
 
     def __init__(
         self,
@@ -176,7 +185,15 @@ class MMDSWToTarget(Functional):
         picked = torch.cat([order[s : s + t] for s, t in zip(starts.tolist(), take.tolist(), strict=True)])
         return target.take(picked)
 
-    def _summary(self, dataset: LabeledDataset, directions: torch.Tensor | None) -> Any:
+    def _summary(self, dataset: LabeledDataset, directions: torch.Tensor | None, world: World | None = None) -> Any:
+        if world is not None and world.distributed:
+            if self.sliced:
+                return self.label_cost.summarize(dataset, directions=directions, world=world)
+            if self.label_cost.uses_stats:
+                return self.label_cost.summarize(stats=sharded_class_stats(dataset, world))
+            raise InvalidArgumentError(
+                f"sharded particles need the sliced or a statistics-based label cost, got {self.label_cost!r}."
+            )
         return (
             self.label_cost.summarize(dataset, directions=directions)
             if self.sliced
@@ -194,8 +211,10 @@ class MMDSWToTarget(Functional):
             self._target_cache = None
         self._prepare(x)
         masses = class_masses(data, argument="the flowed dataset")
+        if state.world.distributed:
+            masses = all_reduce_sum(masses.detach(), state.world)
         theta = self._directions(x)
-        source_summary = self._summary(data, theta)
+        source_summary = self._summary(data, theta, state.world)
         fixed_target = self.target_batch is None and (
             not self.sliced or self.projections is not None or not self.resample
         )

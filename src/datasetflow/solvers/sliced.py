@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..distributed.comm import World, gather_rows, get_world
 from ..errors import EmptyDatasetError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "SortedClasses",
     "sort_classes",
     "pairwise_sliced",
+    "gather_projections",
     "DEFAULT_PROJECTIONS",
 ]
 
@@ -194,6 +196,7 @@ def sliced_wasserstein(
     y_weights: Any = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    world: World | None = None,
 ) -> torch.Tensor:
     r"""Exact sliced Wasserstein :math:`\mathrm{SW}_p^p(\mu, \nu)` between two point clouds.
 
@@ -212,6 +215,12 @@ def sliced_wasserstein(
         x_weights, y_weights: optional ``(n,)`` / ``(m,)`` non-negative weights (uniform by default).
         generator: a ``torch.Generator`` for the random directions (fresh draws on every call).
         seed: else, a seed for them (default 0: the same directions on every call).
+        world: the ranks ``x`` is sharded over (default: single-process). With several ranks, ``x`` (and
+            ``x_weights``, unnormalised: they are normalised over all ranks) is this rank's shard, ``y`` the
+            same on every rank, and the directions must be the same on every rank (a seed, or a generator
+            seeded alike). The exact mode: the ``(n_r, L)`` projections are all-gathered
+            (:func:`gather_projections`), so the value is the same on every rank and differentiable in this
+            rank's points.
 
     Returns:
         A 0-d tensor, :math:`\mathrm{SW}_p^p` (take ``** (1 / p)`` for the distance).
@@ -229,7 +238,24 @@ def sliced_wasserstein(
     a = _as_weights("x_weights", x_weights, x.shape[0], x)
     b = _as_weights("y_weights", y_weights, y.shape[0], x)
     theta = resolve_directions(projections, n_projections, x.shape[1], x, generator, seed)
+    world = get_world() if world is None else world
+    if world.distributed:
+        projected, _ = gather_projections(x, theta, world)
+        if x_weights is not None:
+            w = torch.as_tensor(x_weights).to(device=x.device, dtype=x.dtype).reshape(-1)
+            a = _as_weights("x_weights", gather_rows(w, world)[0], projected.shape[0], x)
+        return wasserstein_1d(projected.T, (y @ theta.T).T, a, b, p).mean()
     return wasserstein_1d((x @ theta.T).T, (y @ theta.T).T, a, b, p).mean()
+
+
+def gather_projections(x: torch.Tensor, theta: torch.Tensor, world: World) -> tuple[torch.Tensor, list[int]]:
+    """``(n, L)`` projections of every rank's points on ``theta`` ``(L, d)``, in rank order, and the row counts.
+
+    Each rank projects its own ``(n_r, d)`` points (one matrix product) and the ``(n_r, L)`` results are
+    all-gathered, padded to equal sizes (:func:`~datasetflow.distributed.gather_rows`): :math:`n L` numbers per
+    call, whatever ``d``. This rank's rows keep their graph.
+    """
+    return gather_rows(x @ theta.T, world)
 
 
 # ---------------------------------------------------------------------- class pairs
@@ -259,12 +285,24 @@ def _class_index(y: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, order[index], torch.full_like(index, n))
 
 
-def sort_classes(x: torch.Tensor, y: torch.Tensor, num_classes: int, theta: torch.Tensor) -> SortedClasses:
-    """Project ``x`` ``(n, d)`` on ``theta`` ``(L, d)`` with one matrix product and sort per class."""
+def sort_classes(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, theta: torch.Tensor, world: World | None = None
+) -> SortedClasses:
+    """Project ``x`` ``(n, d)`` on ``theta`` ``(L, d)`` with one matrix product and sort per class.
+
+    ``world``: with several ranks, ``x`` and ``y`` are this rank's shard and the result sorts the classes of
+    all shards together (projections and labels all-gathered, :func:`gather_projections`), the same on
+    every rank and differentiable in this rank's points.
+    """
+    world = World() if world is None else world
+    if world.distributed:
+        projected, _ = gather_projections(x, theta, world)
+        y, _ = gather_rows(y, world)
+    else:
+        projected = x @ theta.T  # (n, L)
     counts = torch.bincount(y, minlength=num_classes)
     if bool((counts == 0).any()):
         raise EmptyDatasetError(f"classes {torch.nonzero(counts == 0).flatten().tolist()} have no samples.")
-    projected = x @ theta.T  # (n, L)
     if int(counts.min()) == int(counts.max()):
         grouped = projected[torch.argsort(y, stable=True).reshape(num_classes, -1)]
     else:
