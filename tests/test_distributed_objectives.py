@@ -85,16 +85,17 @@ def _sliced_problem() -> tuple[LabeledDataset, LabeledDataset]:
     return source, _labeled([7, 9, 6], 3, seed=8, shift=1.5).with_class_weights("uniform")
 
 
-def _mmd_grad(source: LabeledDataset, target: LabeledDataset, world: World | None) -> tuple:
+def _mmd_grad(source: LabeledDataset, target: LabeledDataset, world: World | None, **options) -> tuple:
     from datasetflow.flows import FlowState
     from datasetflow.functionals import mmd_sw_to
 
     state = FlowState.from_dataset(source)
     state.world = world if world is not None else World()
     state.x.requires_grad_()
-    value = mmd_sw_to(target, n_projections=40, seed=3)(state)
+    functional = mmd_sw_to(target, **{"n_projections": 40, "seed": 3, **options})
+    value = functional(state)
     (grad,) = torch.autograd.grad(value, state.x)
-    return value.detach(), grad
+    return value.detach(), grad, functional.last_error_bound
 
 
 def _sw_grad(source: LabeledDataset, target: LabeledDataset, world: World | None) -> tuple:
@@ -121,6 +122,7 @@ def _sharded_sliced(world: World) -> dict:
     return {
         "sw": _sw_grad(part, target, world),
         "mmd": _mmd_grad(part, target, world),
+        "sketch": _mmd_grad(part, target, world, quantiles=8),
         "flow": _mmd_flow(part, target),
     }
 
@@ -128,11 +130,16 @@ def _sharded_sliced(world: World) -> dict:
 @pytest.mark.parametrize("size", [2, 3])
 def test_exact_sliced_objectives_equal_one_process(size):
     source, target = _sliced_problem()
-    expected = {"sw": _sw_grad(source, target, None), "mmd": _mmd_grad(source, target, None)}
+    expected = {
+        "sw": _sw_grad(source, target, None),
+        "mmd": _mmd_grad(source, target, None)[:2],
+        "sketch": _mmd_grad(source, target, None, quantiles=8)[:2],  # the merged sketch is exact: as one process
+    }
     flow = _mmd_flow(source, target)
     results = run_distributed(_sharded_sliced, size, timeout=240)
     for rank, res in enumerate(results):
         start, stop = shard_range(len(source), World(rank=rank, size=size))
+        assert abs(float(res["sketch"][0]) - float(expected["mmd"][0])) <= res["sketch"][2]  # within the bound
         for name, (value, grad) in expected.items():
             assert abs(float(res[name][0]) - float(value)) < 1e-10, name
             assert torch.allclose(res[name][1], grad[start:stop], rtol=0, atol=1e-10), name
@@ -140,3 +147,37 @@ def test_exact_sliced_objectives_equal_one_process(size):
     gap = float((torch.cat([r["flow"] for r in results]) - flow).abs().max())
     assert gap < 1e-10, gap
     assert not torch.allclose(flow, source.x, atol=1e-2)
+
+
+# ---------------------------------------------------------------------- the scalable (sketched) mode, one process
+def test_quantile_sketches_stay_within_their_stated_bound():
+    source = _labeled([300, 200, 500], 5, seed=1, shift=1.0).with_class_weights("uniform")
+    target = _labeled([250, 300, 280], 5, seed=2, shift=1.6).with_class_weights("uniform")
+    exact, exact_grad, _ = _mmd_grad(source, target, None, n_projections=50)
+    errors, bounds = [], []
+    for bins in (16, 64, 256):
+        value, grad, bound = _mmd_grad(source, target, None, n_projections=50, quantiles=bins)
+        errors.append(abs(float(value) - float(exact)))
+        bounds.append(bound)
+        assert errors[-1] <= bound
+        cosine = float((grad * exact_grad).sum() / (grad.norm() * exact_grad.norm()))
+        assert cosine > 0.99, (bins, cosine)  # the sketch's gradient points where the exact one does
+    assert bounds[0] > bounds[1] > bounds[2] and errors[2] < errors[0]  # finer sketches, smaller errors
+    assert bounds[2] < 0.5 * float(exact)  # the bound says something at Q = 256
+
+
+def test_quantile_sketch_class_bound_holds_for_every_pair():
+    from datasetflow.solvers.sliced import common_grid, on_grid, pairwise_sliced, sketch_class_quantiles, sort_classes
+
+    data = _labeled([40, 7, 90], 3, seed=9, shift=2.0)
+    theta = torch.nn.functional.normalize(
+        torch.randn(20, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), dim=1
+    )
+    exact = sort_classes(data.x, data.y, 3, theta)
+    for bins in (4, 32):
+        sketch = sketch_class_quantiles(data.x, data.y, 3, theta, bins=bins)
+        steps, (i1, i2) = common_grid(sketch.sorted.counts, exact.counts)
+        moved = pairwise_sliced(on_grid(sketch.sorted, i1), on_grid(exact, i2), steps, 2.0).sqrt()
+        # SW_2(sketch_c, mu_c) <= delta_c: the diagonal of the sketch-vs-exact matrix
+        assert bool((moved.diagonal() <= sketch.class_error + 1e-12).all()), (moved.diagonal(), sketch.class_error)
+        assert torch.equal(sketch.counts, exact.counts.double())
