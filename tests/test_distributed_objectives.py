@@ -181,3 +181,49 @@ def test_quantile_sketch_class_bound_holds_for_every_pair():
         # SW_2(sketch_c, mu_c) <= delta_c: the diagonal of the sketch-vs-exact matrix
         assert bool((moved.diagonal() <= sketch.class_error + 1e-12).all()), (moved.diagonal(), sketch.class_error)
         assert torch.equal(sketch.counts, exact.counts.double())
+
+
+# ---------------------------------------------------------------------- `distance` under torchrun
+def test_torchrun_distance_shards_the_otdd_and_rank_0_prints_it_once(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from conftest import invoke_cli
+
+    source, target = _otdd_problem()
+    for name, data in (("s", source), ("t", target)):
+        np.savez(tmp_path / f"{name}.npz", x=data.x.numpy(), y=data.y.numpy())
+    common = ["distance", str(tmp_path / "s.npz"), str(tmp_path / "t.npz"), "--dtype", "float64", "--json"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, run.stdout  # only rank 0 prints
+    two = json.loads(lines[0])
+    one = json.loads(invoke_cli(*common).output)
+    assert two["settings"]["world_size"] == 2 and two["config"]["n_source"] == len(source)
+    assert abs(two["distance_squared"] - one["distance_squared"]) < 1e-8
+    assert np.allclose(two["label_distances"], one["label_distances"], rtol=0, atol=1e-10)
+    # settings that do not shard: rank 0 computes alone and says why
+    wow = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common, "--method", "wow"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert wow.returncode == 0, wow.stderr[-3000:]
+    (line,) = [line for line in wow.stdout.splitlines() if line.startswith("{")]
+    payload = json.loads(line)
+    assert any("does not split over ranks" in w for w in payload["warnings"])
+    assert payload["distance"] == pytest.approx(json.loads(invoke_cli(*common, "--method", "wow").output)["distance"])
