@@ -326,7 +326,7 @@ def sharded_sinkhorn(
     config = {"reg": eps, "max_iter": max_iter, "tol": tol, "eps_scaling": eps_scaling, "grad": grad}
     config.update({"backend": backend, "debiased": debiased, "anderson": anderson, "world_size": world.size})
     if not debiased:
-        return _replace(cross, config={**cross.config, **config})
+        return _replace(cross, config={**cross.config, **config, "sweeps": {"cross": cross.n_iter}})
     if self_costs is None or all_weights is None:
         raise InvalidArgumentError("debiased sharded Sinkhorn needs self_costs and all_weights.")
     rows_cost, target_cost = self_costs
@@ -347,7 +347,12 @@ def sharded_sinkhorn(
         self_values=(self_a.value.detach(), value_b.detach()),
         converged=all(res.converged for res in (cross, *solved)),
         n_iter=cross.n_iter + sum(res.n_iter for res in solved),
-        config={**cross.config, **config, "status": _worst_status([cross, *solved])},
+        config={
+            **cross.config,
+            **config,
+            "status": _worst_status([cross, *solved]),
+            "sweeps": {"cross": cross.n_iter, "source_self": self_a.n_iter},
+        },
     )
 
 

@@ -493,15 +493,17 @@ class _SketchQuantiles(torch.autograd.Function):
         levels = ctx.levels
         bins = hist.shape[2]
         num_l = u64.shape[1]
-        b = ((u64 - low[y]) / width[y]).floor().clamp(0, bins - 1).long()
-        cols = torch.arange(num_l, device=u64.device)[None, :].expand_as(b)
-        rows = y[:, None].expand_as(b)
-        frac = ((u64 - low[y]) / width[y] - b).clamp(0, 1)
-        rank = cum[rows, cols, b] + frac * hist[rows, cols, b]  # the point's position in its class, in [0, n_c]
+        position = (u64 - low[y]) / width[y]
+        b = position.floor().clamp(0, bins - 1)
+        frac = (position - b).clamp(0, 1)
+        series = y[:, None] * num_l + torch.arange(num_l, device=u64.device)[None, :]  # (class, direction) pairs
+        b = b.long()
+        # the point's position in its class, in [0, n_c] (a bin's points spread over its level interval)
+        rank = cum.flatten().take(series * (bins + 1) + b) + frac * hist.flatten().take(series * bins + b)
         n_c = counts[y][:, None]
-        level = (rank / n_c).clamp(0, 1)  # the point's level (a bin's points spread over its level interval)
-        atom = (level * levels).floor().clamp(0, levels - 1).long()
-        grad = grad_values.to(torch.float64)[rows, atom, cols] * (levels / n_c)
+        atom = (rank * (levels / n_c)).floor().clamp(0, levels - 1).long()
+        flat = (y[:, None] * levels + atom) * num_l + torch.arange(num_l, device=u64.device)[None, :]
+        grad = grad_values.to(torch.float64).flatten().take(flat) * (levels / n_c)
         return grad.to(grad_values.dtype), None, None, None, None, None, None
 
 
