@@ -406,7 +406,8 @@ def main() -> None:
         f"{fits['all_gather'][1] / 1e9:.2f} GB/s.",
         "",
         f"**One rank's share of a 10^6-particle MMD-SW step** (measured): {big['n']:,} particles, d = 784, 10 classes, "
-        f"target {big['m']:,} points, L = 500 directions, quantile sketches with Q = 256 (K = 1024 atoms), value and "
+        f"target {big['m']:,} points, L = 500 directions, quantile sketches with Q = {big['bins']} "
+        f"(K = {4 * big['bins']} atoms), value and "
         f"gradient, {args.threads} thread(s): **{share['seconds']:.2f} s** per step (first step "
         f"{share['first']:.2f} s), peak RSS {share['peak_rss_mb']:.0f} MB. Peak RSS of the 2-rank traffic run: "
         + ", ".join(f"rank {r}: {t['peak_rss_mb']:.0f} MB" for r, t in enumerate(traffic))
