@@ -227,3 +227,40 @@ def test_torchrun_distance_shards_the_otdd_and_rank_0_prints_it_once(tmp_path):
     payload = json.loads(line)
     assert any("does not split over ranks" in w for w in payload["warnings"])
     assert payload["distance"] == pytest.approx(json.loads(invoke_cli(*common, "--method", "wow").output)["distance"])
+
+
+# ---------------------------------------------------------------------- refusals (checked before any collective)
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"outer": "exact"}, ["outer='sinkhorn'", "network simplex"]),
+        ({"inner": "exact"}, ["statistics-based", "gaussian"]),
+        ({"inner": "sliced"}, ["statistics-based", "gaussian"]),
+        ({"grad": "autodiff", "reg": 1.0}, []),
+    ],
+)
+def test_sharded_otdd_refuses_what_does_not_shard(options, words):
+    from datasetflow.errors import InvalidArgumentError
+
+    source, target = _otdd_problem()
+    pretend = World(rank=0, size=2)  # refused before the first collective, so no process group is needed
+    if options.get("grad") == "autodiff":
+        from datasetflow.solvers.sharded import sharded_sinkhorn
+
+        with pytest.raises(InvalidArgumentError, match="grad='envelope' or 'detach'"):
+            sharded_sinkhorn(None, source.weights, target.weights, 1.0, pretend, grad="autodiff")
+        return
+    with pytest.raises(InvalidArgumentError) as info:
+        otdd(source, target, world=pretend, **options)
+    assert all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_quantile_sketches_need_the_sliced_label_cost():
+    from datasetflow.errors import InvalidArgumentError
+    from datasetflow.functionals import mmd_sw_to
+
+    _, target = _sliced_problem()
+    with pytest.raises(InvalidArgumentError, match="sliced label cost only"):
+        mmd_sw_to(target, inner="gaussian", quantiles=16)
+    with pytest.raises(InvalidArgumentError, match="positive int"):
+        mmd_sw_to(target, quantiles=0)
