@@ -377,7 +377,7 @@ def _sharded_otdd(
             OTDDCost(target.x, target.x, target.y, target.y, target_labels, **options),
         )
     if reg is None:
-        mean = torch.tensor([cost.weighted_mean(a.detach(), b.detach())], dtype=torch.float64)
+        mean = torch.tensor([cost.weighted_mean(a.detach(), b.detach())], dtype=torch.float64, device=a.device)
         eps = relative_reg(None, float(all_reduce_sum(mean, world)), relative_reg_fraction)
     else:
         eps = reg
@@ -397,9 +397,11 @@ def _sharded_otdd(
         known_self_values=None if target_self is None else (None, target_self[1]),
     )
     if label_matrix is None:  # label_weight = 0 with a cost that compares class samples: no label distances
-        label_matrix = torch.full((source.num_classes, target.num_classes), float("nan"), dtype=source.x.dtype)
+        label_matrix = torch.full(
+            (source.num_classes, target.num_classes), float("nan"), dtype=source.x.dtype, device=source.x.device
+        )
     self_matrices = (source_labels, target_labels) if debiased and label_weight > 0 else None
-    total = int(all_reduce_sum(torch.tensor([float(len(source))], dtype=torch.float64), world))
+    total = int(all_reduce_sum(torch.tensor([float(len(source))], dtype=torch.float64, device=a.device), world))
     weights = (feature_weight, label_weight)
     return _result(
         source,

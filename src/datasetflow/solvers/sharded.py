@@ -79,11 +79,12 @@ def global_logsumexp(partial: torch.Tensor, world: World) -> torch.Tensor:
     return safe + _plain_sum(torch.exp(partial - safe), world).log()
 
 
-def row_offset(rows: int, world: World) -> int:
-    """The first global row of this rank when every rank holds ``rows`` rows, stacked in rank order."""
+def row_offset(rows: int, world: World, device: torch.device | str | None = None) -> int:
+    """The first global row of this rank when every rank holds ``rows`` rows, stacked in rank order
+    (``device``: where the collective runs, the data's device: NCCL needs CUDA tensors)."""
     if not world.distributed:
         return 0
-    counts = torch.zeros(world.size, dtype=torch.float64)
+    counts = torch.zeros(world.size, dtype=torch.float64, device=device)
     counts[world.rank] = rows
     return int(_plain_sum(counts, world)[: world.rank].sum())
 
@@ -127,7 +128,7 @@ class _RowShardedKernel(_Kernel):
 
     def extremes(self) -> tuple[float, float]:  # noqa: D102
         low, high = super().extremes()
-        both = torch.tensor([-low, high], dtype=torch.float64)
+        both = torch.tensor([-low, high], dtype=torch.float64, device=self.log_a.device)
         both = all_reduce_max(both, self.world)
         return -float(both[0]), float(both[1])
 
@@ -309,9 +310,10 @@ def sharded_sinkhorn(
         raise InvalidArgumentError(f"max_iter must be a positive int, got {max_iter!r}.")
     if not tol > 0:
         raise InvalidArgumentError(f"tol must be positive, got {tol!r}.")
-    scale = float(_plain_sum(torch.tensor([cost.weighted_mean(a.detach(), b.detach())], dtype=torch.float64), world))
+    mean = torch.tensor([cost.weighted_mean(a.detach(), b.detach())], dtype=torch.float64, device=a.device)
+    scale = float(_plain_sum(mean, world))
     eps = check_reg(reg, scale, cost.dtype)
-    offset = row_offset(a.shape[0], world)
+    offset = row_offset(a.shape[0], world, a.device)
     options = dict(
         max_iter=max_iter,
         tol=tol,
