@@ -432,15 +432,6 @@ class QuantileSketch:
     counts: torch.Tensor
 
 
-def _class_extremes(u: torch.Tensor, y: torch.Tensor, num_classes: int, world: World) -> tuple[torch.Tensor, ...]:
-    from ..distributed.comm import all_reduce_max, all_reduce_min
-
-    index = y[:, None].expand_as(u)
-    low = u.new_full((num_classes, u.shape[1]), float("inf")).scatter_reduce(0, index, u, "amin")
-    high = u.new_full((num_classes, u.shape[1]), -float("inf")).scatter_reduce(0, index, u, "amax")
-    return all_reduce_min(low, world), all_reduce_max(high, world)
-
-
 def _quantiles_at(levels, cum, hist, low, width, counts):
     """Inverse of the piecewise-linear merged CDF, ``(C, L, T)`` at ``levels`` ``(T,)`` in [0, 1]."""
     num_c, num_l, bins = hist.shape
@@ -455,56 +446,71 @@ def _quantiles_at(levels, cum, hist, low, width, counts):
 
 
 class _SketchQuantiles(torch.autograd.Function):
+    """Forward: the merged sketches (class by class over this rank's points, in float64); it also records every
+    local point's atom (its merged-CDF level interval), so the backward is one gather."""
+
     @staticmethod
     def forward(ctx, u, y, num_classes, world, bins, levels, p):  # type: ignore[override]
-        from ..distributed.comm import all_reduce_sum
+        from ..distributed.comm import all_reduce_max, all_reduce_min, all_reduce_sum
 
-        f64 = torch.float64
-        u64 = u.detach().to(f64)
+        f64, device = torch.float64, u.device
+        u = u.detach()
         num_l = u.shape[1]
         counts = all_reduce_sum(torch.bincount(y, minlength=num_classes).to(f64), world)
         if bool((counts == 0).any()):
             raise EmptyDatasetError(f"classes {torch.nonzero(counts == 0).flatten().tolist()} have no samples.")
-        low, high = _class_extremes(u64, y, num_classes, world)
+        order = torch.argsort(y, stable=True)
+        members = [
+            (c, idx) for c, idx in enumerate(torch.split(order, torch.bincount(y, minlength=num_classes).tolist()))
+        ]
+        members = [(c, idx) for c, idx in members if idx.numel()]
+        low = torch.full((num_classes, num_l), float("inf"), dtype=f64, device=device)
+        high = torch.full((num_classes, num_l), -float("inf"), dtype=f64, device=device)
+        for c, idx in members:
+            block = u[idx]
+            low[c], high[c] = block.amin(0).to(f64), block.amax(0).to(f64)
+        low, high = all_reduce_min(low, world), all_reduce_max(high, world)
         spread = high - low
         width = torch.where(spread > 0, spread / bins, torch.ones_like(spread))
-        b = ((u64 - low[y]) / width[y]).floor().clamp(0, bins - 1).long()
-        flat = (y[:, None] * num_l + torch.arange(num_l, device=u.device)[None, :]) * bins + b
-        hist = torch.zeros(num_classes * num_l * bins, dtype=f64, device=u.device).index_add(
-            0, flat.flatten(), torch.ones(flat.numel(), dtype=f64, device=u.device)
-        )
+        columns = torch.arange(num_l, device=device)
+
+        def positions(c, idx):  # (n_c, L) positions in bin units and the bins
+            position = (u[idx].to(f64) - low[c]) / width[c]
+            return position, position.floor().clamp_(0, bins - 1)
+
+        hist = torch.zeros(num_classes, num_l * bins, dtype=f64, device=device)
+        for c, idx in members:
+            flat = positions(c, idx)[1].long() + columns * bins
+            hist[c] = torch.bincount(flat.flatten(), minlength=num_l * bins).to(f64)
         hist = all_reduce_sum(hist, world).reshape(num_classes, num_l, bins)  # the O(C L Q) merge
         cum = torch.cat([hist.new_zeros(num_classes, num_l, 1), hist.cumsum(2)], dim=2)
-        grid = torch.arange(2 * levels + 1, dtype=f64, device=u.device) / (2 * levels)
+        grid = torch.arange(2 * levels + 1, dtype=f64, device=device) / (2 * levels)
         at = _quantiles_at(grid, cum, hist, low, width, counts)  # edges k/K (even) and midpoints (odd)
         mids, edges = at[:, :, 1::2], at[:, :, 0::2]
         oscillation = (edges[:, :, 1:] - edges[:, :, :-1]).clamp_min(0)
         omega = oscillation.pow(p).mean(2).pow(1.0 / p)  # W_p(K atoms, piecewise-linear measure) per (c, l)
         delta = torch.where(spread > 0, width, torch.zeros_like(width))  # W_inf(piecewise-linear, empirical)
         class_error = (delta + omega).pow(p).mean(1).pow(1.0 / p)
-        ctx.save_for_backward(u64, y, cum, hist, low, width, counts)
+        # every local point's atom: its position in its class (a bin's points spread over its level interval)
+        atoms = torch.empty(u.shape, dtype=torch.int32, device=device)
+        for c, idx in members:
+            position, b = positions(c, idx)
+            frac = (position - b).clamp_(0, 1)
+            b = b.long()
+            rank = cum[c].flatten().take(b + columns * (bins + 1)) + frac * hist[c].flatten().take(b + columns * bins)
+            atoms[idx] = (rank * (levels / counts[c])).floor_().clamp_(0, levels - 1).to(torch.int32)
+        ctx.save_for_backward(y, atoms, counts)
         ctx.levels = levels
         ctx.mark_non_differentiable(class_error, counts)
         return mids.transpose(1, 2).contiguous().to(u.dtype), class_error, counts
 
     @staticmethod
     def backward(ctx, grad_values, _grad_error, _grad_counts):  # type: ignore[override]
-        u64, y, cum, hist, low, width, counts = ctx.saved_tensors
-        levels = ctx.levels
-        bins = hist.shape[2]
-        num_l = u64.shape[1]
-        position = (u64 - low[y]) / width[y]
-        b = position.floor().clamp(0, bins - 1)
-        frac = (position - b).clamp(0, 1)
-        series = y[:, None] * num_l + torch.arange(num_l, device=u64.device)[None, :]  # (class, direction) pairs
-        b = b.long()
-        # the point's position in its class, in [0, n_c] (a bin's points spread over its level interval)
-        rank = cum.flatten().take(series * (bins + 1) + b) + frac * hist.flatten().take(series * bins + b)
-        n_c = counts[y][:, None]
-        atom = (rank * (levels / n_c)).floor().clamp(0, levels - 1).long()
-        flat = (y[:, None] * levels + atom) * num_l + torch.arange(num_l, device=u64.device)[None, :]
-        grad = grad_values.to(torch.float64).flatten().take(flat) * (levels / n_c)
-        return grad.to(grad_values.dtype), None, None, None, None, None, None
+        y, atoms, counts = ctx.saved_tensors
+        levels, num_l = ctx.levels, atoms.shape[1]
+        flat = (y[:, None] * levels + atoms.long()) * num_l + torch.arange(num_l, device=atoms.device)
+        scale = (levels / counts[y]).to(grad_values.dtype)[:, None]  # the atom's mass over the point's
+        return grad_values.flatten().take(flat) * scale, None, None, None, None, None, None
 
 
 def sketch_class_quantiles(
