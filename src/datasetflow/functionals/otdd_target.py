@@ -44,6 +44,8 @@ class OTDDToTarget(Functional):
     """
 
     name = "otdd"
+    #: sharded particles: row-sharded Sinkhorn, label distances from all-reduced class statistics (``otdd(world=)``)
+    supports_sharding = True
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class OTDDToTarget(Functional):
                 target_summary=cache.get("summary"),
                 target_self=(cache["target_labels"], cache["target_value"]) if debiased and fixed_reg else None,
                 potentials_init=(cache["f"], cache["g"]) if sinkhorn and warm else None,
+                world=state.world,
                 **options,
             )
         except RegularizationError as exc:
