@@ -7,7 +7,18 @@ once, in ``docs/architecture.md`` (a test reads it).
 from . import errors
 from .costs import CostOperator, DenseCost, OTDDCost
 from .data import ClassStats, LabeledDataset, load_dataset, load_npz
-from .distances import OTDDResult, WoWResult, mmd_sw, otdd, wow
+from .distances import (
+    DistanceMatrixResult,
+    OTDDResult,
+    SlicedResult,
+    WoWResult,
+    busemann,
+    distance_matrix,
+    mmd_sw,
+    otdd,
+    sotdd,
+    wow,
+)
 from .errors import DatasetflowError
 from .flows import FlowResult, run_flow
 from .functionals import Functional, energies, from_config, mmd_sw_to, otdd_to
@@ -51,6 +62,11 @@ __all__ = [
     "mmd_sw",
     "wow",
     "WoWResult",
+    "sotdd",
+    "busemann",
+    "distance_matrix",
+    "SlicedResult",
+    "DistanceMatrixResult",
     "mmd_sw_to",
     "DatasetflowError",
     "run_flow",
