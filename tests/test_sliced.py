@@ -160,12 +160,12 @@ def _z_sotdd(ds, params, r_count):
     """Independent numpy recomputation of the MTP projections (math.factorial, plain powers)."""
     x, y, w = ds.x.numpy(), ds.y.numpy(), ds.weights.numpy()
     out = []
-    for l in range(params["theta"].shape[0]):
-        t = x @ params["theta"][l].numpy()
-        psi = params["psi"][l].numpy()
+    for j in range(params["theta"].shape[0]):
+        t = x @ params["theta"][j].numpy()
+        psi = params["psi"][j].numpy()
         z = psi[0] * t
         for r in range(r_count):
-            lam = int(params["lam"][l, r])
+            lam = int(params["lam"][j, r])
             h = np.zeros(ds.num_classes)
             for c in range(ds.num_classes):
                 mask = y == c
@@ -184,7 +184,10 @@ def test_sotdd_matches_pot_on_recomputed_projections_unequal_sizes_and_weights(g
     if rates == "bonet":
         assert bool((params["lam"][:, 0] == 1).all())  # rate 0: the class mean is always the first feature
     z1, z2 = _z_sotdd(source, params, 4), _z_sotdd(target, params, 4)
-    expected = [ot.wasserstein_1d(u, v, source.weights.numpy(), target.weights.numpy(), p=2) for u, v in zip(z1, z2)]
+    expected = [
+        ot.wasserstein_1d(u, v, source.weights.numpy(), target.weights.numpy(), p=2)
+        for u, v in zip(z1, z2, strict=True)
+    ]
     assert np.allclose(result.per_projection.numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -201,15 +204,15 @@ def test_swb1dg_sigma_tilde_is_the_exact_cell_integral(gen):
         levels = np.arange(len(q) + 1) / len(q)
         return sum(q[r] * integrate.quad(stats.norm.ppf, levels[r], levels[r + 1])[0] for r in range(len(q)))
 
-    for l in range(5):
-        th, psi, m1 = params["theta"][l].numpy(), params["psi"][l].numpy(), float(params["m1"][l])
+    for j in range(5):
+        th, psi, m1 = params["theta"][j].numpy(), params["psi"][j].numpy(), float(params["m1"][j])
         s1 = math.sqrt(1 - m1 * m1)
         zs = []
         for ds in (source, target):
             t = ds.x.numpy() @ th
             h = -m1 * t.mean() - s1 * sigma(t)
             zs.append(psi[0] * t + psi[1] * h)
-        assert float(result.per_projection[l]) == pytest.approx(ot.wasserstein_1d(zs[0], zs[1], p=1.5), rel=1e-7)
+        assert float(result.per_projection[j]) == pytest.approx(ot.wasserstein_1d(zs[0], zs[1], p=1.5), rel=1e-7)
 
 
 def test_sigma_tilde_of_gaussian_classes_is_their_sd(gen):
@@ -232,16 +235,16 @@ def test_dirac_classes_by_hand():
     target = LabeledDataset(torch.tensor([[2.0]] * 4, dtype=F64), ["a"] * 4)
     result = dfl.sotdd(source, target, n_projections=20, n_moments=3)
     params = _bank("sotdd", 20, 1, n_moments=3)
-    for l in range(20):
-        th, psi, lam = float(params["theta"][l, 0]), params["psi"][l].tolist(), params["lam"][l].tolist()
+    for j in range(20):
+        th, psi, lam = float(params["theta"][j, 0]), params["psi"][j].tolist(), params["lam"][j].tolist()
 
-        def z(point):
+        def z(point, th=th, psi=psi, lam=lam):
             t = th * point
             return psi[0] * t + sum(psi[r + 1] * t ** lam[r] / math.factorial(lam[r]) for r in range(3))
 
         u = np.array([z(0.5)] * 3 + [z(-1.0)] * 2)
         v = np.array([z(2.0)] * 4)
-        assert float(result.per_projection[l]) == pytest.approx(ot.wasserstein_1d(u, v, p=2), rel=1e-10)
+        assert float(result.per_projection[j]) == pytest.approx(ot.wasserstein_1d(u, v, p=2), rel=1e-10)
 
 
 def test_truncated_poisson_orders_have_the_published_means():
@@ -294,10 +297,10 @@ def test_gradient_includes_the_class_moment_term(gen):
     params = _bank("sotdd", 3, 2, n_moments=2)
     expected = torch.zeros_like(x)
     n = len(source)
-    for l in range(3):
-        th, psi, lam = params["theta"][l], params["psi"][l], params["lam"][l]
+    for j in range(3):
+        th, psi, lam = params["theta"][j], params["psi"][j], params["lam"][j]
 
-        def zs(ds):
+        def zs(ds, th=th, psi=psi, lam=lam):
             t = ds.x @ th
             z = psi[0] * t
             for r in range(2):
