@@ -88,3 +88,21 @@ def test_errors_are_one_line_with_exit_2(args, fragment):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0]
+
+
+# ---------------------------------------------------------------------- datasetflow flow --objective sotdd|busemann
+@pytest.mark.parametrize("objective", ["sotdd", "busemann"])
+def test_flow_objective_sliced(tmp_path, objective):
+    g = np.random.default_rng(0)
+    source, target = tmp_path / "source.npz", tmp_path / "target.npz"
+    np.savez(source, x=g.normal(size=(40, 2)), y=np.arange(40) % 2)
+    np.savez(target, x=g.normal(size=(30, 2)) * 0.5 + 3.0, y=np.arange(30) % 2)
+    out = tmp_path / objective
+    args = ["--objective", objective, "--projections", "60", "--steps", "20", "--step-size", "0.5"]
+    result = invoke_cli("flow", source, target, *args, "--out", out, "--no-figures", "--inner", "exact")
+    assert result.exit_code == 0, result.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert history["settings"]["functional"] == [{"type": objective, "weight": 1.0, "seed": 0, "n_projections": 60}]
+    assert list(history["terms"]) == [objective]
+    assert history["objective"][-1] < 0.2 * history["objective"][0]
+    assert f"--inner ignored: --objective {objective}" in result.stderr

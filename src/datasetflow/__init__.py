@@ -21,7 +21,7 @@ from .distances import (
 )
 from .errors import DatasetflowError
 from .flows import FlowResult, run_flow
-from .functionals import Functional, energies, from_config, mmd_sw_to, otdd_to
+from .functionals import Functional, busemann_to, energies, from_config, mmd_sw_to, otdd_to, sotdd_to
 from .functionals.energies import *  # noqa: F403 - potentials, interactions and entropy
 from .labels import (
     ExactLabelCost,
@@ -74,6 +74,8 @@ __all__ = [
     "Functional",
     "from_config",
     "otdd_to",
+    "sotdd_to",
+    "busemann_to",
     *energies.__all__,
     "errors",
     "__version__",

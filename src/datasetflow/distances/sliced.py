@@ -72,6 +72,7 @@ __all__ = [
     "busemann",
     "sliced_distance",
     "distance_matrix",
+    "fit_preprocessing",
     "SLICED_FAMILIES",
     "MATRIX_METHODS",
     "BLOCK_SIZE",
@@ -314,7 +315,10 @@ def _fit_standardize(standardize: Any, datasets: Sequence[LabeledDataset]) -> _A
         scale = math.sqrt(sum(second) / len(second) / dim)
         return _Affine(shift, torch.tensor([scale if scale > 0 else 1.0], dtype=torch.float64), "joint")
     if isinstance(standardize, (tuple, list)) and len(standardize) == 2:
-        shift, scale = (torch.as_tensor(v, dtype=torch.float64).reshape(-1).cpu() for v in standardize)
+        shift, scale = (
+            torch.as_tensor(default if v is None else v, dtype=torch.float64).reshape(-1).cpu()
+            for v, default in zip(standardize, (0.0, 1.0), strict=True)
+        )
         for key, value in (("shift", shift), ("scale", scale)):
             if value.numel() not in (1, dim):
                 raise ShapeMismatchError(
@@ -367,6 +371,30 @@ def _standardized(x: torch.Tensor, affine: _Affine) -> torch.Tensor:
     if affine.scale is not None:
         x = x / affine.scale.to(x)
     return x
+
+
+def fit_preprocessing(
+    datasets: Sequence[LabeledDataset],
+    *,
+    family: str = "sotdd",
+    standardize: Any = None,
+    label_map: Any = None,
+    label_dim: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The fitted, fixed form of ``standardize`` and (for ``swbg``) ``label_map`` on ``datasets``.
+
+    Returns ``{"standardize": None or (shift, scale), "label_map": "identity" or a (d', d) tensor}``, to pass
+    to :func:`sliced_distance` so that later calls (e.g. every step of a flow) use the same constants
+    instead of refitting them on moving data.
+    """
+    affine = _fit_standardize(standardize, datasets)
+    fitted: Any = None if affine.shift is None and affine.scale is None else (affine.shift, affine.scale)
+    out: dict[str, Any] = {"standardize": fitted, "label_map": label_map}
+    if family == "swbg":
+        matrix, _ = _label_map(label_map, label_dim, datasets, affine, seed)
+        out["label_map"] = "identity" if matrix is None else matrix
+    return out
 
 
 # ---------------------------------------------------------------------- projection of one dataset
