@@ -62,7 +62,7 @@ import torch
 from ..costs.linalg import nuclear_norm, psd_sqrt, safe_sqrt
 from ..data.dataset import LabeledDataset, check_dataset_pair
 from ..errors import EmptyDatasetError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
-from ..solvers.sliced import check_n_projections, check_p, wasserstein_1d_sorted
+from ..solvers.sliced import argsort_rows, check_n_projections, check_p, wasserstein_1d_sorted
 
 __all__ = [
     "SlicedResult",
@@ -400,34 +400,40 @@ def fit_preprocessing(
 # ---------------------------------------------------------------------- projection of one dataset
 @dataclass
 class _Side:
-    """One dataset prepared for slicing: rows grouped by class, masses, uniformity flags."""
+    """One dataset prepared for slicing: float64 weights, class masses, the sorted class layout."""
 
     x: torch.Tensor
     y: torch.Tensor
     weights64: torch.Tensor
     num_classes: int
     masses64: torch.Tensor
-    uniform: bool
-    segments: list[tuple[int, int]]
-    order: torch.Tensor
-    brackets: list[torch.Tensor | None]
+    over_mass: torch.Tensor  # (n,) a_i / alpha_{y_i}
+    uniform: bool  # all sample weights equal
+    sorted_y: torch.Tensor  # (n,) the class ids in class-grouped order
+    bracket: torch.Tensor | None  # (n,) exact sigma~ weights in class-grouped sorted order (uniform inside classes)
+    first: torch.Tensor  # (n,) bool: first slot of its class in the grouped order
+    last: torch.Tensor  # (n,) bool: last slot of its class
 
     @classmethod
-    def build(cls, ds: LabeledDataset, need_sigma: bool) -> _Side:
+    def build(cls, ds: LabeledDataset) -> _Side:
         y, w = ds.y, ds.weights.detach().to(torch.float64)
         counts = torch.bincount(y, minlength=ds.num_classes)
         masses = torch.zeros(ds.num_classes, dtype=torch.float64, device=w.device).index_add(0, y, w)
-        order = torch.argsort(y, stable=True)
-        ends = torch.cumsum(counts, 0).tolist()
-        segments = list(zip([0, *ends[:-1]], ends, strict=True))
-        brackets: list[torch.Tensor | None] = []
-        if need_sigma:
-            wo = w[order]
-            for s, e in segments:
-                seg = wo[s:e]
-                brackets.append(_bracket(seg.new_ones(e - s) / (e - s)) if bool((seg == seg[0]).all()) else None)
+        over_mass = w / masses[y]
+        sorted_y = torch.repeat_interleave(torch.arange(ds.num_classes, device=y.device), counts)
+        ends = torch.cumsum(counts, 0)
+        last = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        last[ends - 1] = True
+        first = torch.zeros_like(last)
+        first[ends - counts] = True
+        # uniform inside every class: the sigma~ weights depend on the class sizes only
+        inside = bool(torch.allclose(over_mass, (1.0 / counts.to(w))[y], rtol=1e-12, atol=0))
+        bracket = None
+        if inside:
+            share = (1.0 / counts.to(torch.float64))[sorted_y]
+            bracket = _bracket_grouped(share, sorted_y, first, last)
         uniform = bool((w == w[0]).all())
-        return cls(ds.x, y, w, ds.num_classes, masses, uniform, segments, order, brackets)
+        return cls(ds.x, y, w, ds.num_classes, masses, over_mass, uniform, sorted_y, bracket, first, last)
 
 
 def _normal_pdf_of_quantile(levels: torch.Tensor) -> torch.Tensor:
@@ -437,55 +443,183 @@ def _normal_pdf_of_quantile(levels: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(z), out, torch.zeros_like(out))
 
 
-def _bracket(class_weights: torch.Tensor) -> torch.Tensor:
-    r"""The exact :math:`\tilde\sigma` weights :math:`\varphi(\Phi^{-1}(c_{r-1})) - \varphi(\Phi^{-1}(c_r))` of a
-    sorted class with (normalised) weights along the last axis."""
-    cum = class_weights.cumsum(-1)
-    cum = torch.cat([torch.zeros_like(cum[..., :1]), cum[..., :-1], torch.ones_like(cum[..., :1])], dim=-1)
-    pdf = _normal_pdf_of_quantile(cum)
-    return pdf[..., :-1] - pdf[..., 1:]
+def _bracket_grouped(share: torch.Tensor, sorted_y: torch.Tensor, first: torch.Tensor, last: torch.Tensor):
+    r"""The exact :math:`\tilde\sigma` weights :math:`\varphi(\Phi^{-1}(c_{r-1})) - \varphi(\Phi^{-1}(c_r))` for
+    values grouped by class and sorted inside each class, given each slot's share of its class mass
+    (``(..., n)``): every class's cumulative share restarts at 0 and is forced to end at 1."""
+    within = share.cumsum(-1) - sorted_y.to(share)  # every class holds a total share of 1
+    within = torch.where(last, torch.ones_like(within), within)
+    before = torch.where(first, torch.zeros_like(within), within - share)
+    return _normal_pdf_of_quantile(before) - _normal_pdf_of_quantile(within)
 
 
-def _powers_over_factorial(t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    r""":math:`t^\lambda/\lambda!` in log space (float64): :math:`t` for :math:`\lambda = 1`, 0 at :math:`t = 0`."""
-    lam64 = lam.to(t.dtype)
+def _class_sum(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, C)`` sums over the classes of ``(B, n)`` values."""
+    return values.new_zeros(values.shape[0], num_classes).index_add(1, y, values)
+
+
+def _power(t: torch.Tensor, order: torch.Tensor, big: float) -> torch.Tensor:
+    r""":math:`t^{k}` in float64 for per-row integer orders ``order`` ``(B, 1)`` (``0^0 = 1``; ``big`` is
+    :math:`\max|t|`).
+
+    Integral exponents keep the sign exact. When :math:`k_{\max}\log|t|_{\max}` could overflow float64 the
+    power is formed in log space, :math:`\mathrm{sgn}(t)^k \exp(k\log|t|)`, clamped at the largest float64
+    (the spec's log-space rule: the factorial is applied as :math:`\exp(-\log\lambda!)` afterwards).
+    """
+    if big == 0 or float(order.max()) * math.log(big) < 700.0:
+        return torch.pow(t, order)
     zero = t == 0
     log_abs = torch.log(torch.where(zero, torch.ones_like(t), t.abs()))
-    magnitude = torch.exp(lam64 * log_abs - torch.lgamma(lam64 + 1.0))
-    odd = (lam % 2) == 1
-    signed = torch.where(odd & (t < 0), -magnitude, magnitude)
-    value = torch.where(zero, torch.zeros_like(t), signed)
-    return torch.where(lam == 1, t, value)
+    magnitude = torch.exp((order * log_abs).clamp_max(709.0))
+    signed = torch.where((t < 0) & (torch.remainder(order, 2) == 1), -magnitude, magnitude)
+    return torch.where(zero, torch.where(order == 0, 1.0, 0.0), signed)
 
 
-def _class_mean(values: torch.Tensor, side: _Side) -> torch.Tensor:
-    """``(B, C)`` class means of ``(B, n)`` values under the class laws."""
-    sums = values.new_zeros(values.shape[0], side.num_classes).index_add(1, side.y, values * side.weights64)
-    return sums / side.masses64
+class _Features:
+    """The class term :math:`b_c = \\sum_r \\psi_{r+1} h_{r,c}` of one dataset on one chunk, and its backward."""
+
+    def __init__(self, setup: _Setup, side: _Side, x: torch.Tensor, need_grad: bool) -> None:
+        self.setup, self.side, self.need_grad = setup, side, need_grad
+        self.gauss = None
+        if setup.family == "swbg":
+            self.gauss = _GaussianClasses(x, side, setup, need_grad)
+
+    def forward(self, t: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, C)`` class terms from the ``(B, n)`` float64 projections; keeps what :meth:`backward` needs."""
+        side, setup = self.side, self.setup
+        psi = params["psi"]
+        if setup.family == "sotdd":
+            return self._moments(t, params)
+        if setup.family == "swb1dg":
+            m1 = params["m1"][:, None]
+            self.mean_coef = -psi[:, 1:2] * m1
+            self.sigma_coef = -psi[:, 1:2] * (torch.sqrt(1.0 - m1 * m1))  # s1 - eps
+            mean = _class_sum(t * side.over_mass, side.y, side.num_classes)
+            sigma, self.order, self.weights_sorted = self._sigma(t)
+            return self.mean_coef * mean + self.sigma_coef * (sigma - setup.eps)
+        return self.gauss.forward(params)
+
+    def _moments(self, t: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        r"""MTP class terms :math:`b = \mathrm{classmean}(t A)` with :math:`A = \sum_r \psi_{r+1}
+        t^{\lambda_r - 1}/\lambda_r!`, and the slope :math:`\sum_r \psi_{r+1} t^{\lambda_r-1}/(\lambda_r-1)!`.
+
+        The powers :math:`t^j` are built by repeated multiplication, once for all moment orders: rows come
+        sorted by their largest order (:func:`_rows_by_order`), so power :math:`j` touches only the leading
+        rows that need it. Falls back to log-space powers when :math:`t^j` could overflow float64.
+        """
+        side, lam, psi = self.side, params["lam"], params["psi"]
+        self.slope = t.new_zeros(t.shape) if self.need_grad else None
+        if lam.shape[1] == 0:
+            return t.new_zeros(t.shape[0], side.num_classes)
+        lam64 = lam.to(t.dtype)
+        factor = psi[:, 1:] * torch.exp(-torch.lgamma(lam64 + 1.0))  # (B, k): psi_{r+1} / lam_r!
+        top = int(lam.max()) - 1
+        big = float(t.abs().max())
+        accumulated = torch.zeros_like(t)
+        if big > 0 and top * math.log(big) >= 700.0:
+            for r in range(lam.shape[1]):
+                lower = _power(t, lam64[:, r : r + 1] - 1.0, big)
+                accumulated.addcmul_(lower, factor[:, r : r + 1])
+                if self.slope is not None:
+                    self.slope.addcmul_(lower, (factor[:, r] * lam64[:, r])[:, None])
+        else:
+            rows = torch.arange(t.shape[0], device=t.device)
+            coef = t.new_zeros(top + 1, t.shape[0])  # coef[j, b] = sum_r [lam_r - 1 = j] psi_{r+1} / lam_r!
+            coef.index_put_((lam - 1, rows[:, None].expand_as(lam)), factor, accumulate=True)
+            slope_coef = t.new_zeros(top + 1, t.shape[0])
+            slope_coef.index_put_((lam - 1, rows[:, None].expand_as(lam)), factor * lam64, accumulate=True)
+            need = (lam.amax(dim=1) - 1).tolist()  # non-increasing (rows sorted by their largest order)
+            power = torch.ones_like(t)
+            for j in range(top + 1):
+                m = sum(1 for k in need if k >= j) if j else t.shape[0]
+                if j:
+                    power[:m].mul_(t[:m])
+                accumulated[:m].addcmul_(power[:m], coef[j, :m, None])
+                if self.slope is not None:
+                    self.slope[:m].addcmul_(power[:m], slope_coef[j, :m, None])
+        return _class_sum(accumulated.mul_(t).mul_(side.over_mass), side.y, side.num_classes)
+
+    def _sigma(self, t: torch.Tensor):
+        """``(B, C)`` exact sigma~ from one sort of class-offset keys (classes grouped, sorted inside)."""
+        side = self.side
+        low = t.amin(dim=1, keepdim=True)
+        span = (t.amax(dim=1, keepdim=True) - low).clamp_min(1e-300)
+        keys = side.y.to(t) + 0.5 * (t - low) / span  # class c occupies [c, c + 1/2]
+        order = argsort_rows(keys)
+        values = t.gather(1, order)
+        bracket = side.bracket
+        if bracket is None:  # weights differ inside a class: the weights follow the order
+            share = side.over_mass[order]
+            bracket = _bracket_grouped(share, side.sorted_y, side.first, side.last)
+        weights = bracket if bracket.ndim == 2 else bracket.expand_as(values)
+        return _class_sum(values * weights, side.sorted_y, side.num_classes), order, weights
+
+    def backward(self, class_grad: torch.Tensor) -> torch.Tensor:
+        """``(B, n)`` gradient with respect to ``t`` of :math:`\\sum_{b,c} G_{bc}\\, b_{bc}` (``class_grad`` = G)."""
+        side, setup = self.side, self.setup
+        if setup.family == "sotdd":
+            return class_grad.index_select(1, side.y).mul_(side.over_mass).mul_(self.slope)
+        if setup.family == "swb1dg":
+            out = (class_grad * self.mean_coef).index_select(1, side.y).mul_(side.over_mass)
+            sorted_part = (class_grad * self.sigma_coef).index_select(1, side.sorted_y).mul_(self.weights_sorted)
+            return out.scatter_add(1, self.order, sorted_part)
+        self.gauss.backward(class_grad)
+        return None
 
 
-def _sigma_tilde(t: torch.Tensor, side: _Side) -> torch.Tensor:
-    r"""``(B, C)`` exact :math:`\tilde\sigma` of every class, from per-class sorts."""
-    out = []
-    for (s, e), bracket in zip(side.segments, side.brackets, strict=True):
-        index = side.order[s:e]
-        values, perm = t[:, index].sort(dim=1)
-        if bracket is None:  # weights differ inside the class: the bracket depends on the order
-            w = side.weights64[index]
-            bracket = _bracket(w[perm] / w.sum())
-        out.append((values * bracket).sum(dim=1))
-    return torch.stack(out, dim=1)
+class _GaussianClasses:
+    """SWBG's class Gaussians in the label space: computed once per call, their gradients accumulated per chunk."""
 
+    def __init__(self, x: torch.Tensor, side: _Side, setup: _Setup, need_grad: bool) -> None:
+        self.side, self.setup, self.need_grad = side, setup, need_grad
+        with torch.no_grad():
+            means, roots = self.statistics(x)
+        self.means, self.roots = means, roots
+        self.grad_means = torch.zeros_like(means)
+        self.grad_roots = torch.zeros_like(roots)
 
-def _class_gaussians(lab: torch.Tensor, side: _Side) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(C, d')`` means and ``(C, d', d')`` biased covariances under the class laws (float64)."""
-    w = side.weights64
-    means = lab.new_zeros(side.num_classes, lab.shape[1]).index_add(0, side.y, lab * w[:, None])
-    means = means / side.masses64[:, None]
-    centred = lab - means[side.y]
-    outer = (centred * w[:, None])[:, :, None] * centred[:, None, :]
-    covs = lab.new_zeros(side.num_classes, lab.shape[1], lab.shape[1]).index_add(0, side.y, outer)
-    return means, covs / side.masses64[:, None, None]
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C, d')`` means and ``(C, d', d')`` square roots of the biased covariances (float64)."""
+        lab = _standardized(x.to(torch.float64), self.setup.affine)
+        if self.setup.label_map is not None:
+            lab = lab @ self.setup.label_map.to(lab).T
+        side = self.side
+        w = side.over_mass[:, None]
+        means = lab.new_zeros(side.num_classes, lab.shape[1]).index_add(0, side.y, lab * w)
+        centred = lab - means[side.y]
+        covs = torch.einsum("ni,nj->nij", centred * w, centred)
+        covs = lab.new_zeros(side.num_classes, lab.shape[1], lab.shape[1]).index_add(0, side.y, covs)
+        return means, psd_sqrt(covs)
+
+    def forward(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        eps, psi = self.setup.eps, params["psi"]
+        means, roots = self.means, self.roots
+        if self.need_grad:
+            means, roots = means.clone().requires_grad_(True), roots.clone().requires_grad_(True)
+        with torch.enable_grad() if self.need_grad else torch.no_grad():
+            S = params["S"]
+            nuclear = nuclear_norm(S[:, None] @ roots[None])  # (B, C)
+            trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)[:, None]
+            h = -params["m_dir"] @ means.T + eps * trace - math.sqrt(eps) * nuclear
+            out = psi[:, 1:2] * h
+        self._graph = (out, means, roots)
+        return out.detach()
+
+    def backward(self, class_grad: torch.Tensor) -> None:
+        out, means, roots = self._graph
+        gm, gr = torch.autograd.grad(out, (means, roots), class_grad)
+        self.grad_means += gm
+        self.grad_roots += gr
+
+    def input_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """The accumulated gradient carried back to the features through the class statistics."""
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            means, roots = self.statistics(leaf)
+            (grad,) = torch.autograd.grad(
+                (means * self.grad_means).sum() + (roots * self.grad_roots).sum(), leaf, allow_unused=True
+            )
+        return torch.zeros_like(x) if grad is None else grad
 
 
 @dataclass(frozen=True)
@@ -499,49 +633,74 @@ class _Setup:
     label_map: torch.Tensor | None
 
 
-def _sketch(x: torch.Tensor, side: _Side, params: dict[str, torch.Tensor], setup: _Setup):
-    """``(sorted z (B, n), cumulative weights (B, n) or None)`` of one dataset on one chunk of projections."""
-    theta, affine = params["theta"], setup.affine
+def _effective_theta(params: dict[str, torch.Tensor], affine: _Affine) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Directions on the raw features (``theta / scale``) and the offset ``(theta / scale) . shift`` (float64)."""
+    theta, theta64 = params["theta"], params["theta64"]
     if affine.scale is not None:
         theta = theta / affine.scale.to(theta)
-    t = (theta @ x.T).to(torch.float64)  # (B, n)
-    if affine.shift is not None:
-        t = (
-            t
-            - (params["theta64"] / (1.0 if affine.scale is None else affine.scale.to(t))) @ affine.shift.to(t)[:, None]
-        )
-    psi = params["psi"]
-    z = psi[:, :1] * t
-    if setup.family == "sotdd":
-        lam = params["lam"]
-        for r in range(lam.shape[1]):
-            h = _class_mean(_powers_over_factorial(t, lam[:, r : r + 1]), side)
-            z = z + psi[:, r + 1 : r + 2] * h[:, side.y]
-    elif setup.family == "swb1dg":
-        m1 = params["m1"][:, None]
-        s1 = setup.eps + torch.sqrt(1.0 - m1 * m1)
-        h = -m1 * _class_mean(t, side) - (s1 - setup.eps) * (_sigma_tilde(t, side) - setup.eps)
-        z = z + psi[:, 1:2] * h[:, side.y]
-    else:
-        lab = _standardized(x.to(torch.float64), affine)
-        if setup.label_map is not None:
-            lab = lab @ setup.label_map.to(lab).T
-        means, covs = _class_gaussians(lab, side)
-        roots = psd_sqrt(covs)  # (C, d', d')
-        S = params["S"]  # (B, d', d')
-        nuclear = nuclear_norm(S[:, None] @ roots[None])  # (B, C)
-        trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)[:, None]
-        h = -params["m_dir"] @ means.T + setup.eps * trace - math.sqrt(setup.eps) * nuclear
-        z = z + psi[:, 1:2] * h[:, side.y]
-    z_sorted, order = z.sort(dim=1)
+        theta64 = theta64 / affine.scale.to(theta64)
+    offset = None if affine.shift is None else theta64 @ affine.shift.to(theta64)
+    return theta, offset
+
+
+def _sketch(x: torch.Tensor, features: _Features, params: dict[str, torch.Tensor]):
+    """``(sorted z (B, n), cumulative weights (B, n) or None, order, theta)`` of one dataset on one chunk."""
+    theta, offset = _effective_theta(params, features.setup.affine)
+    t = (theta @ x.T).to(torch.float64)  # (B, n): the matmul in the data's dtype, the rest in float64
+    if offset is not None:
+        t = t - offset[:, None]
+    b = features.forward(t, params)
+    z = torch.addcmul(b.index_select(1, features.side.y), params["psi"][:, :1], t)
+    order = argsort_rows(z)
+    z_sorted = z.gather(1, order)
+    side = features.side
     cum = None if side.uniform else side.weights64[order].cumsum(dim=1)
-    return z_sorted, cum
+    return z_sorted, cum, order, theta
 
 
-def _pair_values(x1, x2, side1: _Side, side2: _Side, params, setup: _Setup) -> torch.Tensor:
-    u, a = _sketch(x1, side1, params, setup)
-    v, b = _sketch(x2, side2, params, setup)
-    return wasserstein_1d_sorted(u, a, v, b, setup.p)
+def _input_grad(x: torch.Tensor, features: _Features, params, order, theta, sorted_grad) -> torch.Tensor:
+    """``(n, d)`` gradient of the chunk's sum with respect to ``x``, from the gradient on the sorted ``z``."""
+    g = torch.zeros_like(sorted_grad).scatter_(1, order, sorted_grad)  # d/dz
+    class_grad = _class_sum(g, features.side.y, features.side.num_classes)
+    dt = params["psi"][:, :1] * g
+    extra = features.backward(class_grad)
+    if extra is not None:
+        dt = dt + extra
+    return dt.to(x.dtype).mT @ theta
+
+
+def _w1d_and_grads(u, a, v, b, p: float, need1: bool, need2: bool):
+    """``(w (B,), [d sum(w) / d u, d sum(w) / d v] for the sides that need it)`` on sorted rows; in closed form
+    for equal sizes with uniform weights, :math:`\\partial w/\\partial u_{(i)} = p|u_{(i)} - v_{(i)}|^{p-1}
+    \\mathrm{sgn}(u_{(i)} - v_{(i)})/n`, else by autograd through :func:`wasserstein_1d_sorted`."""
+    if a is None and b is None and u.shape[1] == v.shape[1]:
+        diff = u - v
+        if p == 2.0:
+            w = diff.square().mean(dim=1)
+            grad = diff * (2.0 / u.shape[1])
+        else:
+            magnitude = diff.abs()
+            w = magnitude.pow(p).mean(dim=1)
+            grad = (p / u.shape[1]) * magnitude.pow(p - 1.0) * torch.sign(diff)
+        return w, [g for g, need in ((grad, need1), (-grad, need2)) if need]
+    with torch.enable_grad():
+        u, v = u.requires_grad_(need1), v.requires_grad_(need2)
+        w = wasserstein_1d_sorted(u, a, v, b, p)
+        grads = list(torch.autograd.grad(w.sum(), [s for s, need in ((u, need1), (v, need2)) if need]))
+    return w.detach(), grads
+
+
+def _rows_by_order(params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """MTP chunks: the projections reordered by decreasing largest moment order (a projection's value does not
+    depend on its row), and the permutation ``perm`` (``values_in_bank_order[perm] = values``); else as is."""
+    if "lam" not in params or params["lam"].shape[1] == 0:
+        return params, None
+    perm = torch.argsort(params["lam"].amax(dim=1), descending=True, stable=True)
+    return {key: value[perm] for key, value in params.items()}, perm
+
+
+def _bank_order(values: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    return values if perm is None else torch.empty_like(values).index_copy_(0, perm.to(values.device), values)
 
 
 def _chunks(n_projections: int, chunk: int):
@@ -563,8 +722,7 @@ class _SlicedPow(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         g1, g2 = ctx.saved_tensors
-        scale = grad_output.to(torch.float64)
-        return None, (scale * g1).to(g1.dtype), (scale * g2).to(g2.dtype)
+        return None, grad_output.to(g1.dtype) * g1, grad_output.to(g2.dtype) * g2
 
 
 class _PairRunner:
@@ -573,23 +731,27 @@ class _PairRunner:
         self.per_projection: torch.Tensor | None = None
 
     def run(self, x1, x2, need1: bool, need2: bool):
-        bank, L = self.bank, self.bank.n_projections
+        bank, L, setup = self.bank, self.bank.n_projections, self.setup
+        x1, x2 = x1.detach(), x2.detach()
+        f1, f2 = _Features(setup, self.side1, x1, need1), _Features(setup, self.side2, x2, need2)
         values, g1, g2 = [], torch.zeros_like(x1), torch.zeros_like(x2)
         for start, stop in _chunks(L, self.chunk):
-            params = bank.chunk(start, stop, x1.dtype, x1.device)
+            params, perm = _rows_by_order(bank.chunk(start, stop, x1.dtype, x1.device))
+            u, a, order1, theta = _sketch(x1, f1, params)
+            v, b, order2, _ = _sketch(x2, f2, params)
             if not (need1 or need2):
-                values.append(_pair_values(x1, x2, self.side1, self.side2, params, self.setup))
+                values.append(_bank_order(wasserstein_1d_sorted(u, a, v, b, setup.p), perm))
                 continue
-            with torch.enable_grad():
-                leaf1, leaf2 = x1.detach().requires_grad_(need1), x2.detach().requires_grad_(need2)
-                w = _pair_values(leaf1, leaf2, self.side1, self.side2, params, self.setup)
-                leaves = [t for t, need in ((leaf1, need1), (leaf2, need2)) if need]
-                grads = list(torch.autograd.grad(w.sum() / L, leaves))
+            w, grads = _w1d_and_grads(u, a, v, b, setup.p, need1, need2)
+            grads = [g / L for g in grads]
             if need1:
-                g1 += grads.pop(0)
+                g1 += _input_grad(x1, f1, params, order1, theta, grads.pop(0))
             if need2:
-                g2 += grads.pop(0)
-            values.append(w.detach())
+                g2 += _input_grad(x2, f2, params, order2, theta, grads.pop(0))
+            values.append(_bank_order(w.detach(), perm))
+        for grad, features, x, need in ((g1, f1, x1, need1), (g2, f2, x2, need2)):
+            if need and features.gauss is not None:
+                grad += features.gauss.input_grad(x).to(grad.dtype)
         return torch.cat(values).to(torch.float64), (g1, g2)
 
 
@@ -697,8 +859,7 @@ def sliced_distance(
         standardize=standardize,
     )
     chunk = _default_chunk(chunk, bank.n_projections, len(source) + len(target))
-    need_sigma = family == "swb1dg"
-    runner = _PairRunner(bank, setup, _Side.build(source, need_sigma), _Side.build(target, need_sigma), chunk)
+    runner = _PairRunner(bank, setup, _Side.build(source), _Side.build(target), chunk)
     value_pow = _SlicedPow.apply(runner, source.x, target.x)
     per = runner.per_projection
     L = per.numel()
@@ -940,17 +1101,17 @@ def distance_matrix(
         standardize=standardize,
     )
     chunk = _default_chunk(chunk, bank.n_projections, sum(len(ds) for ds in datasets))
-    sides = [_Side.build(ds, family == "swb1dg") for ds in datasets]
+    features = [_Features(setup, _Side.build(ds), ds.x.detach(), False) for ds in datasets]
     sums = torch.zeros(N, N, dtype=torch.float64)
     squares = torch.zeros(N, N, dtype=torch.float64)
     with torch.no_grad():
         for start, stop in _chunks(bank.n_projections, chunk):
-            params = bank.chunk(start, stop, first.x.dtype, first.x.device)
-            sketches = [_sketch(ds.x, side, params, setup) for ds, side in zip(datasets, sides, strict=True)]
+            params, perm = _rows_by_order(bank.chunk(start, stop, first.x.dtype, first.x.device))
+            sketches = [_sketch(ds.x.detach(), f, params)[:2] for ds, f in zip(datasets, features, strict=True)]
             for i in range(N):
                 for j in range(i + 1, N):
                     (u, a), (v, b) = sketches[i], sketches[j]
-                    w = wasserstein_1d_sorted(u, a, v, b, setup.p).to(torch.float64).cpu()
+                    w = wasserstein_1d_sorted(u, a, v, b, setup.p).to(torch.float64).cpu()  # any row order
                     sums[i, j] += w.sum()
                     squares[i, j] += (w * w).sum()
     L = bank.n_projections

@@ -37,6 +37,7 @@ __all__ = [
     "sliced_wasserstein",
     "wasserstein_1d",
     "wasserstein_1d_sorted",
+    "argsort_rows",
     "draw_directions",
     "resolve_directions",
     "check_p",
@@ -158,6 +159,17 @@ def _as_weights(name: str, weights: Any, n: int, like: torch.Tensor) -> torch.Te
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
         raise InvalidArgumentError(f"{name} must be finite and non-negative with a positive sum.")
     return w / w.sum()
+
+
+def argsort_rows(values: torch.Tensor) -> torch.Tensor:
+    """``(L, n)`` long indices sorting each row of ``values`` ascending (ties in any order; not differentiable).
+
+    On the CPU this is numpy's ``argsort`` (an introsort with SIMD kernels), measured several times faster
+    than ``torch.sort`` along rows on this project's machines; elsewhere it is ``torch.argsort``.
+    """
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.argsort(values.detach().numpy(), axis=1))
+    return torch.argsort(values.detach(), dim=1)
 
 
 def wasserstein_1d_sorted(
