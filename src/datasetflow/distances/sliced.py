@@ -355,8 +355,14 @@ def _label_map(label_map: Any, label_dim: int, datasets: Sequence[LabeledDataset
                 take = torch.randperm(len(ds), generator=generator)[:5000].to(ds.x.device)
                 rows.append(_standardized(ds.x[take].double(), affine).cpu())
         pooled = torch.cat([r - r.mean(0) for r in rows])
-        _, vectors = torch.linalg.eigh(pooled.T @ pooled)
-        return vectors[:, -label_dim:].flip(1).T.contiguous(), f"pca-{label_dim} (fitted on the compared datasets)"
+        # randomized range finder (two power iterations) with the seeded generator, then an exact SVD in it
+        basis = pooled @ torch.randn(dim, min(dim, label_dim + 10), generator=generator, dtype=torch.float64)
+        for _ in range(2):
+            basis = pooled @ (pooled.T @ torch.linalg.qr(basis).Q)
+        small = torch.linalg.qr(basis).Q.T @ pooled
+        axes = torch.linalg.svd(small, full_matrices=False).Vh[:label_dim]
+        axes = axes * torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # a fixed sign per axis
+        return axes.contiguous(), f"pca-{label_dim} (randomized, fitted on the compared datasets)"
     matrix = torch.as_tensor(label_map, dtype=torch.float64).cpu()
     if matrix.ndim != 2 or matrix.shape[1] != dim:
         raise ShapeMismatchError(f"label_map must have shape (d', {dim}), got {tuple(matrix.shape)}.")
