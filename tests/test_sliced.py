@@ -404,3 +404,17 @@ def test_bad_inputs(gen, pair):
         dfl.busemann(empty, target)
     with pytest.raises(InvalidArgumentError, match="LabeledDataset"):
         dfl.sotdd(source.x, target)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_values_and_gradients_on_cuda(pair, family):
+    source, target = pair
+    cpu = value(source, target, family, n_projections=300)
+    gpu = value(source.to("cuda"), target.to("cuda"), family, n_projections=300, chunk=64)
+    assert torch.allclose(gpu.per_projection.cpu(), cpu.per_projection, rtol=1e-9, atol=1e-12)
+    x = source.x.cuda().requires_grad_(True)
+    (grad,) = torch.autograd.grad(value(source.to("cuda").with_features(x), target.to("cuda"), family).value_pow, x)
+    x_cpu = source.x.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(value(source.with_features(x_cpu), target, family).value_pow, x_cpu)
+    assert torch.allclose(grad.cpu(), reference, rtol=1e-8, atol=1e-12)
