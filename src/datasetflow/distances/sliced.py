@@ -406,40 +406,58 @@ def fit_preprocessing(
 # ---------------------------------------------------------------------- projection of one dataset
 @dataclass
 class _Side:
-    """One dataset prepared for slicing: float64 weights, class masses, the sorted class layout."""
+    """One dataset prepared for slicing, its points grouped by class (the value does not depend on their order):
+    float64 weights, class masses, the class segments."""
 
-    x: torch.Tensor
-    y: torch.Tensor
+    perm: torch.Tensor | None  # (n,) the class-grouping permutation of the points (None: already grouped)
+    y: torch.Tensor  # (n,) grouped class ids (non-decreasing)
     weights64: torch.Tensor
     num_classes: int
     masses64: torch.Tensor
     over_mass: torch.Tensor  # (n,) a_i / alpha_{y_i}
     uniform: bool  # all sample weights equal
-    sorted_y: torch.Tensor  # (n,) the class ids in class-grouped order
-    bracket: torch.Tensor | None  # (n,) exact sigma~ weights in class-grouped sorted order (uniform inside classes)
-    first: torch.Tensor  # (n,) bool: first slot of its class in the grouped order
+    segments: list[tuple[int, int]]  # the column range of every class
+    bracket: torch.Tensor | None  # (n,) exact sigma~ weights of each class's sorted slots (uniform inside classes)
+    first: torch.Tensor  # (n,) bool: first slot of its class
     last: torch.Tensor  # (n,) bool: last slot of its class
+
+    @property
+    def sorted_y(self) -> torch.Tensor:
+        return self.y
 
     @classmethod
     def build(cls, ds: LabeledDataset) -> _Side:
-        y, w = ds.y, ds.weights.detach().to(torch.float64)
+        perm = torch.argsort(ds.y, stable=True)
+        if bool((ds.y[1:] >= ds.y[:-1]).all()):
+            perm = None
+        y = ds.y if perm is None else ds.y[perm]
+        w = ds.weights.detach().to(torch.float64)
+        w = w if perm is None else w[perm]
         counts = torch.bincount(y, minlength=ds.num_classes)
         masses = torch.zeros(ds.num_classes, dtype=torch.float64, device=w.device).index_add(0, y, w)
         over_mass = w / masses[y]
-        sorted_y = torch.repeat_interleave(torch.arange(ds.num_classes, device=y.device), counts)
         ends = torch.cumsum(counts, 0)
         last = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         last[ends - 1] = True
         first = torch.zeros_like(last)
         first[ends - counts] = True
+        ends_list = ends.tolist()
+        segments = list(zip([0, *ends_list[:-1]], ends_list, strict=True))
         # uniform inside every class: the sigma~ weights depend on the class sizes only
         inside = bool(torch.allclose(over_mass, (1.0 / counts.to(w))[y], rtol=1e-12, atol=0))
         bracket = None
         if inside:
-            share = (1.0 / counts.to(torch.float64))[sorted_y]
-            bracket = _bracket_grouped(share, sorted_y, first, last)
+            bracket = _bracket_grouped((1.0 / counts.to(torch.float64))[y], y, first, last)
         uniform = bool((w == w[0]).all())
-        return cls(ds.x, y, w, ds.num_classes, masses, over_mass, uniform, sorted_y, bracket, first, last)
+        return cls(perm, y, w, ds.num_classes, masses, over_mass, uniform, segments, bracket, first, last)
+
+    def arrange(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(n, d)`` features in the grouped order."""
+        return x if self.perm is None else x[self.perm]
+
+    def restore(self, grad: torch.Tensor) -> torch.Tensor:
+        """A gradient with respect to the grouped features, in the dataset's own order."""
+        return grad if self.perm is None else torch.empty_like(grad).index_copy_(0, self.perm, grad)
 
 
 def _normal_pdf_of_quantile(levels: torch.Tensor) -> torch.Tensor:
@@ -546,12 +564,9 @@ class _Features:
         return _class_sum(accumulated.mul_(t).mul_(side.over_mass), side.y, side.num_classes)
 
     def _sigma(self, t: torch.Tensor):
-        """``(B, C)`` exact sigma~ from one sort of class-offset keys (classes grouped, sorted inside)."""
+        """``(B, C)`` exact sigma~ from one row sort per class segment (the points are grouped by class)."""
         side = self.side
-        low = t.amin(dim=1, keepdim=True)
-        span = (t.amax(dim=1, keepdim=True) - low).clamp_min(1e-300)
-        keys = side.y.to(t) + 0.5 * (t - low) / span  # class c occupies [c, c + 1/2]
-        order = argsort_rows(keys)
+        order = torch.cat([argsort_rows(t[:, start:stop]).to(t.device) + start for start, stop in side.segments], 1)
         values = t.gather(1, order)
         bracket = side.bracket
         if bracket is None:  # weights differ inside a class: the weights follow the order
@@ -738,7 +753,7 @@ class _PairRunner:
 
     def run(self, x1, x2, need1: bool, need2: bool):
         bank, L, setup = self.bank, self.bank.n_projections, self.setup
-        x1, x2 = x1.detach(), x2.detach()
+        x1, x2 = self.side1.arrange(x1.detach()), self.side2.arrange(x2.detach())
         f1, f2 = _Features(setup, self.side1, x1, need1), _Features(setup, self.side2, x2, need2)
         values, g1, g2 = [], torch.zeros_like(x1), torch.zeros_like(x2)
         for start, stop in _chunks(L, self.chunk):
@@ -758,7 +773,7 @@ class _PairRunner:
         for grad, features, x, need in ((g1, f1, x1, need1), (g2, f2, x2, need2)):
             if need and features.gauss is not None:
                 grad += features.gauss.input_grad(x).to(grad.dtype)
-        return torch.cat(values).to(torch.float64), (g1, g2)
+        return torch.cat(values).to(torch.float64), (self.side1.restore(g1), self.side2.restore(g2))
 
 
 # ---------------------------------------------------------------------- the public front doors
@@ -1107,13 +1122,15 @@ def distance_matrix(
         standardize=standardize,
     )
     chunk = _default_chunk(chunk, bank.n_projections, sum(len(ds) for ds in datasets))
-    features = [_Features(setup, _Side.build(ds), ds.x.detach(), False) for ds in datasets]
+    sides = [_Side.build(ds) for ds in datasets]
+    arranged = [side.arrange(ds.x.detach()) for side, ds in zip(sides, datasets, strict=True)]
+    features = [_Features(setup, side, x, False) for side, x in zip(sides, arranged, strict=True)]
     sums = torch.zeros(N, N, dtype=torch.float64)
     squares = torch.zeros(N, N, dtype=torch.float64)
     with torch.no_grad():
         for start, stop in _chunks(bank.n_projections, chunk):
             params, perm = _rows_by_order(bank.chunk(start, stop, first.x.dtype, first.x.device))
-            sketches = [_sketch(ds.x.detach(), f, params)[:2] for ds, f in zip(datasets, features, strict=True)]
+            sketches = [_sketch(x, f, params)[:2] for x, f in zip(arranged, features, strict=True)]
             for i in range(N):
                 for j in range(i + 1, N):
                     (u, a), (v, b) = sketches[i], sketches[j]
