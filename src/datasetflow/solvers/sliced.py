@@ -37,6 +37,8 @@ from ..errors import EmptyDatasetError, InvalidArgumentError, NonFiniteError, Sh
 __all__ = [
     "sliced_wasserstein",
     "wasserstein_1d",
+    "wasserstein_1d_sorted",
+    "argsort_rows",
     "draw_directions",
     "resolve_directions",
     "check_p",
@@ -163,28 +165,70 @@ def _as_weights(name: str, weights: Any, n: int, like: torch.Tensor) -> torch.Te
     return w / w.sum()
 
 
-def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, p: float):
-    """``(L,)`` exact :math:`W_p^p` between the rows of ``u`` ``(L, n)`` and ``v`` ``(L, m)``, with optional
-    normalised weights ``a`` ``(n,)`` and ``b`` ``(m,)`` (uniform when None); see the module docstring."""
-    if a is None and b is None and u.shape[1] == v.shape[1]:
-        return (u.sort(dim=1).values - v.sort(dim=1).values).abs().pow(p).mean(dim=1)
-    num_l, n = u.shape
-    m = v.shape[1]
-    if a is None:
-        a = u.new_full((n,), 1.0 / n)
-    if b is None:
-        b = v.new_full((m,), 1.0 / m)
-    u_sorted, u_order = u.sort(dim=1)
-    v_sorted, v_order = v.sort(dim=1)
-    cum_a = a[u_order].cumsum(dim=1)
-    cum_b = b[v_order].cumsum(dim=1)
+def argsort_rows(values: torch.Tensor) -> torch.Tensor:
+    """``(L, n)`` long indices sorting each row of ``values`` ascending (ties in any order; not differentiable).
+
+    On the CPU this is numpy's ``argsort`` (an introsort with SIMD kernels), measured several times faster
+    than ``torch.sort`` along rows on this project's machines; elsewhere it is ``torch.argsort``.
+    """
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.argsort(values.detach().numpy(), axis=1))
+    return torch.argsort(values.detach(), dim=1)
+
+
+def wasserstein_1d_sorted(
+    u_sorted: torch.Tensor,
+    cum_a: torch.Tensor | None,
+    v_sorted: torch.Tensor,
+    cum_b: torch.Tensor | None,
+    p: float,
+) -> torch.Tensor:
+    r"""``(L,)`` exact :math:`W_p^p` between rows already sorted ascending, from their cumulative weights.
+
+    Args:
+        u_sorted: ``(L, n)`` values sorted along each row.
+        cum_a: ``(L, n)`` (or ``(n,)``) cumulative weights of ``u_sorted`` in its sorted order, ending at 1,
+            or None for uniform weights :math:`1/n`.
+        v_sorted, cum_b: the same for the other side, ``(L, m)``.
+        p: the order.
+
+    With :math:`0 = c_0 < \dots < c_M = 1` the merged breakpoints of both cumulative sums,
+    :math:`W_p^p = \sum_r (c_r - c_{r-1})\,|Q_u(c_r) - Q_v(c_r)|^p`, where :math:`Q_u(c)` is the first
+    sorted value whose cumulative weight reaches :math:`c` (searched on the left, index clamped to
+    ``n - 1``). Breakpoints and cell widths are formed in float64 (differences of cumulative sums lose
+    digits in float32 from :math:`n pprox 10^4`); the result has the dtype of ``u_sorted``. Equal
+    sizes with uniform weights take the direct form :math:`rac1n\sum_i |u_{(i)} - v_{(i)}|^p`.
+    Differentiable in the values (the coupling, a step function of them, is held fixed).
+    """
+    num_l, n = u_sorted.shape
+    m = v_sorted.shape[1]
+    if cum_a is None and cum_b is None and n == m:
+        return (u_sorted - v_sorted).abs().pow(p).mean(dim=1)
+    if cum_a is None:
+        cum_a = torch.arange(1, n + 1, dtype=torch.float64, device=u_sorted.device) / n
+    if cum_b is None:
+        cum_b = torch.arange(1, m + 1, dtype=torch.float64, device=v_sorted.device) / m
+    cum_a = cum_a.detach().to(torch.float64).expand(num_l, n).clone()
+    cum_b = cum_b.detach().to(torch.float64).expand(num_l, m).clone()
+    cum_a[:, -1] = 1.0  # force the last level to 1 (round-off of the cumulative sum)
+    cum_b[:, -1] = 1.0
     levels = torch.cat([cum_a, cum_b], dim=1).sort(dim=1).values
     steps = torch.diff(levels, dim=1, prepend=levels.new_zeros(num_l, 1)).clamp_min(0)
     # the quantile at level t is the first sorted point whose cumulative weight reaches t
-    idx_u = torch.searchsorted(cum_a.detach().contiguous(), levels.detach().contiguous()).clamp_max(n - 1)
-    idx_v = torch.searchsorted(cum_b.detach().contiguous(), levels.detach().contiguous()).clamp_max(m - 1)
+    idx_u = torch.searchsorted(cum_a.contiguous(), levels.contiguous()).clamp_max(n - 1)
+    idx_v = torch.searchsorted(cum_b.contiguous(), levels.contiguous()).clamp_max(m - 1)
     diff = u_sorted.gather(1, idx_u) - v_sorted.gather(1, idx_v)
-    return (steps * diff.abs().pow(p)).sum(dim=1)
+    return (steps * diff.abs().pow(p)).sum(dim=1).to(u_sorted.dtype)
+
+
+def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, p: float):
+    """``(L,)`` exact :math:`W_p^p` between the rows of ``u`` ``(L, n)`` and ``v`` ``(L, m)``, with optional
+    normalised weights ``a`` ``(n,)`` and ``b`` ``(m,)`` (uniform when None); see :func:`wasserstein_1d_sorted`."""
+    u_sorted, u_order = u.sort(dim=1)
+    v_sorted, v_order = v.sort(dim=1)
+    cum_a = None if a is None else a.detach().to(torch.float64)[u_order].cumsum(dim=1)
+    cum_b = None if b is None else b.detach().to(torch.float64)[v_order].cumsum(dim=1)
+    return wasserstein_1d_sorted(u_sorted, cum_a, v_sorted, cum_b, p)
 
 
 def sliced_wasserstein(
