@@ -175,7 +175,7 @@ def markdown(payload: dict, figures: list[str]) -> str:
         f"{config['pairs']} pairs of disjoint subsets per dataset (test splits), "
         f"{config['sizes'][0]}-{config['sizes'][1]} points per side with Dirichlet(1) class proportions. "
         f"**Reduced** from the 100 pairs of 2,000-5,000 points asked for, to fit "
-        f"~15 minutes of a shared 2-core CPU (exact OTDD dominates the cost). Sliced values in root units; the "
+        f"~15 minutes of a shared 2-core CPU (the L = 5000 sliced runs dominate the cost). Sliced values in root units; the "
         "values at L < L_max are prefix means of the L_max run (the direction bank makes them the estimates "
         "`n_projections=L` returns). Intervals: 95 % percentile bootstrap over pairs. SWBG uses a randomized "
         "PCA-10 label space fitted on each pair (the authors use t-SNE-10).",
