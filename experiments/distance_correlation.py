@@ -175,7 +175,8 @@ def markdown(payload: dict, figures: list[str]) -> str:
         f"{config['pairs']} pairs of disjoint subsets per dataset (test splits), "
         f"{config['sizes'][0]}-{config['sizes'][1]} points per side with Dirichlet(1) class proportions. "
         f"**Reduced** from the 100 pairs of 2,000-5,000 points asked for, to fit "
-        f"~15 minutes of a shared 2-core CPU (exact OTDD dominates the cost). Sliced values in root units; the "
+        "~15 minutes of a shared 2-core CPU (the L = 5000 sliced runs dominate the cost). Sliced values in root "
+        "units; the "
         "values at L < L_max are prefix means of the L_max run (the direction bank makes them the estimates "
         "`n_projections=L` returns). Intervals: 95 % percentile bootstrap over pairs. SWBG uses a randomized "
         "PCA-10 label space fitted on each pair (the authors use t-SNE-10).",
@@ -216,6 +217,23 @@ def markdown(payload: dict, figures: list[str]) -> str:
             + ".",
             "",
         ]
+    lines += [
+        "**Reading.** These pairs differ in their class proportions (Dirichlet(1)), so their distances spread much "
+        "more than in the published protocol, where the pairs are iid splits of one dataset and only size and "
+        "sampling noise vary: a ranking is easier to recover here, and the numbers are not comparable one to one.",
+    ]
+    for name, result in payload["datasets"].items():
+        baseline = result["baseline_inverse_size"]["spearman"]["value"]
+        if abs(baseline) > 0.3:
+            lines[-1] += (
+                f" On {name}, exact OTDD itself correlates with 1/n1 + 1/n2 (Spearman {baseline:.2f}): at a few "
+                "hundred points per class in this dimension its finite-sample bias, which the sliced distances do "
+                "not share (1-D transports converge at rate n^-1/2 in any dimension), competes with the "
+                "class-proportion signal, and the correlation stays flat in L: the projections are not the "
+                "limiting factor. The published CIFAR-10 runs use 5,000-10,000 points and a random convolution "
+                "feature map (not implemented here)."
+            )
+    lines += [""]
     lines += [f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures]
     lines += ["", f"Total {payload['seconds']:.0f} s, peak memory {payload['peak_rss_mb']:.0f} MB."]
     return "\n".join(lines)

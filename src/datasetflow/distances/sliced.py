@@ -504,6 +504,7 @@ class _Features:
 
     def __init__(self, setup: _Setup, side: _Side, x: torch.Tensor, need_grad: bool) -> None:
         self.setup, self.side, self.need_grad = setup, side, need_grad
+        self.within_order: torch.Tensor | None = None  # SWB1DG: each class's points sorted by t
         self.gauss = None
         if setup.family == "swbg":
             self.gauss = _GaussianClasses(x, side, setup, need_grad)
@@ -520,6 +521,7 @@ class _Features:
             self.sigma_coef = -psi[:, 1:2] * (torch.sqrt(1.0 - m1 * m1))  # s1 - eps
             mean = _class_sum(t * side.over_mass, side.y, side.num_classes)
             sigma, self.order, self.weights_sorted = self._sigma(t)
+            self.within_order = self.order
             return self.mean_coef * mean + self.sigma_coef * (sigma - setup.eps)
         return self.gauss.forward(params)
 
@@ -672,8 +674,15 @@ def _sketch(x: torch.Tensor, features: _Features, params: dict[str, torch.Tensor
         t = t - offset[:, None]
     b = features.forward(t, params)
     z = torch.addcmul(b.index_select(1, features.side.y), params["psi"][:, :1], t)
-    order = argsort_rows(z)
-    z_sorted = z.gather(1, order)
+    within = features.within_order
+    if within is None:
+        order = argsort_rows(z)
+        z_sorted = z.gather(1, order)
+    else:  # SWB1DG: z is monotone in t inside a class, so its class runs come sorted: a faster row sort
+        grouped = z.gather(1, within)
+        inner = argsort_rows(grouped)
+        z_sorted = grouped.gather(1, inner)
+        order = within.gather(1, inner)
     side = features.side
     cum = None if side.uniform else side.weights64[order].cumsum(dim=1)
     return z_sorted, cum, order, theta
