@@ -118,6 +118,7 @@ def otdd(
     target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
     target_summary: Any = None,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    value_tol: float | str | None = "auto",
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -156,6 +157,8 @@ def otdd(
             step's ``result.potentials`` in a flow).
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
+        value_tol: Sinkhorn's value-based stop for annealed (small-``reg``) solves, see
+            :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None iterates until ``tol`` or the precision floor.
 
     Returns:
         :class:`OTDDResult`; ``distance_squared`` is differentiable with respect to
@@ -236,6 +239,7 @@ def otdd(
         eps_scaling=eps_scaling,
         known_self_values=None if target_self is None else (None, target_self[1]),
         potentials_init=potentials_init if outer == "sinkhorn" else None,
+        value_tol=value_tol,
     )
     # the debiased divergence can come out slightly below 0 (round-off near identical datasets): report 0,
     # keep the raw value (and its gradient) in result.ot.value
