@@ -82,7 +82,7 @@ def determinism_cost(rounds: int, steps: int) -> tuple[float, float, list[float]
                 steps=steps,
                 step_size=0.1,
                 deterministic=flag,
-                callbacks=[lambda step, state, info: stamps.append(time.perf_counter())],
+                callbacks=[lambda step, state, info, stamps=stamps: stamps.append(time.perf_counter())],
             )
             later = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
             times[flag].extend(later)
