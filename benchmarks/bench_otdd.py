@@ -246,6 +246,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small problem, no chunked runs, no file written")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--large", type=int, default=10_000, help="points per side for the chunked run")
+    parser.add_argument(
+        "--skip-large",
+        action="store_true",
+        help="skip the full-size MNIST and the n = --large runs (minutes each); the section then says so",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     per_class = 40 if args.quick else 200
@@ -334,11 +339,11 @@ def main() -> None:
 
     small_reg = small_reg_runs(source, target, max(1, args.repeats // 2))
     full = []
-    if not args.quick:
+    if not args.quick and not args.skip_large:
         full = [(dtype, full_classes_subprocess(dtype)) for dtype in ("float32", "float64")]
 
     large = []
-    if not args.quick:
+    if not args.quick and not args.skip_large:
         for backend in ("chunked", "auto"):
             large.append((backend, chunked_subprocess(args.large, backend, "float32")))
 
@@ -512,6 +517,12 @@ nuclear norm of a rank x rank product (float64 eigenvalues). Each dtype in a fre
         text += full_text + "\n".join(full_lines) + "\n"
     if large:
         text += large_text + "\n".join(large_lines) + "\n"
+    if args.skip_large:
+        text += (
+            "\n### Full-size classes and large problems\n\nNot run this time (`--skip-large`, to fit the shared "
+            "machine's time): run `python benchmarks/bench_otdd.py` without it for the full-size MNIST and "
+            f"n = {args.large} tables.\n"
+        )
     text += "\n### Precision\n\n" + precision_line + "\n"
     write_section(args.output, "bench_otdd", text)
     print(f"\nwrote {args.output}")
