@@ -15,6 +15,7 @@ Both are batched over leading dimensions.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,16 +30,21 @@ __all__ = ["psd_sqrt", "nuclear_norm", "safe_sqrt"]
 
 #: Batches of dense eigenproblems smaller than this many matrices per worker stay on one thread.
 _MIN_MATRICES_PER_WORKER = 4
-_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A shared pool of ``workers`` threads (one per distinct size, created on first use)."""
+    """A shared pool of ``workers`` threads (one per distinct size and process, created on first use).
+
+    Keyed by the process id too: a forked child inherits the parent's executor without its threads, and
+    work submitted to it would never run.
+    """
+    key = (os.getpid(), workers)
     with _POOL_LOCK:
-        if workers not in _POOL:
-            _POOL[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datasetflow-eigh")
-        return _POOL[workers]
+        if key not in _POOL:
+            _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datasetflow-eigh")
+        return _POOL[key]
 
 
 def batched_eigen(solver: Callable, matrices: torch.Tensor):
