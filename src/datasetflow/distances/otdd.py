@@ -122,6 +122,7 @@ def otdd(
     target_summary: Any = None,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     world: World | None = None,
+    value_tol: float | str | None = "auto",
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -169,6 +170,8 @@ def otdd(
             ``inner`` must be a statistics-based label cost, the Gaussian one), and the result is the OTDD of
             all shards together, the same on every rank, differentiable in this rank's features
             (``potentials``: this rank's ``f`` rows and the whole ``g``). ``outer="sinkhorn"`` only.
+        value_tol: Sinkhorn's value-based stop for annealed (small-``reg``) solves, see
+            :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None iterates until ``tol`` or the precision floor.
 
     Returns:
         :class:`OTDDResult`; ``distance_squared`` is differentiable with respect to
@@ -270,6 +273,7 @@ def otdd(
         eps_scaling=eps_scaling,
         known_self_values=None if target_self is None else (None, target_self[1]),
         potentials_init=potentials_init if outer == "sinkhorn" else None,
+        value_tol=value_tol,
     )
     weights = (feature_weight, label_weight)
     if label_matrix is None:
