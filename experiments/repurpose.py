@@ -26,6 +26,7 @@ Usage::
 
     python experiments/repurpose.py            # full run
     python experiments/repurpose.py --quick    # smoke test (build/quick)
+    python experiments/repurpose.py --paper-size [--paper-steps N]   # 5,000 particles (repurpose_paper_size.py)
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ GOALS = {
 
 def main(argv=None) -> None:
     """Run the four flows (two sources x supervised/unsupervised) and write results and figures."""
-    args = parse_image_args(__doc__.splitlines()[0], argv)
+    args = parse_image_args(__doc__.splitlines()[0], argv, add=_paper_size_flags)
+    if args.paper_size:
+        import repurpose_paper_size
+
+        repurpose_paper_size.run(args, steps=args.paper_steps)
+        return
     per_class, steps, eval_every = (30, 8, 4) if args.quick else (200, 60, 5)
     started = time.perf_counter()
     classifier, info = mnist_classifier(args.data_dir)
@@ -122,6 +128,13 @@ def main(argv=None) -> None:
     }
     write_json(args, "repurpose", payload)
     update_results_md(args, "repurpose", _markdown(payload))
+
+
+def _paper_size_flags(parser) -> None:
+    parser.add_argument(
+        "--paper-size", action="store_true", help="5,000 particles per source (see repurpose_paper_size.py)"
+    )
+    parser.add_argument("--paper-steps", type=int, default=None, help="steps of the --paper-size run (default 1000)")
 
 
 def _plot_curves(runs: dict, path) -> None:

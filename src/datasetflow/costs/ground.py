@@ -80,6 +80,25 @@ class CostOperator(ABC):
             "use an OTDDCost (point clouds) or debiased=False."
         )
 
+    def subset(self, rows: torch.Tensor, cols: torch.Tensor) -> CostOperator:
+        """The ``(len(rows), len(cols))`` sub-cost ``C[rows][:, cols]`` (differentiable; minibatch OT)."""
+        raise InvalidArgumentError(f"{type(self).__name__} cannot be restricted to a minibatch.")
+
+    def factors(self, params: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An exact factorisation ``C = A B^T`` (``A`` of shape ``(n, k)``, ``B`` of shape ``(m, k)``),
+        differentiable with respect to ``params``, or None when the cost has none (low-rank OT then
+        multiplies by row blocks)."""
+        return None
+
+    def strata(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Class indices ``(n,)`` and ``(m,)`` of the rows and columns (minibatches are drawn per class),
+        or None."""
+        return None
+
+    def num_classes(self) -> int:
+        """The number of classes the cost separates (0 for a cost without labels)."""
+        return 0
+
 
 class DenseCost(CostOperator):
     """A precomputed ``(n, m)`` cost matrix."""
@@ -108,6 +127,9 @@ class DenseCost(CostOperator):
     def weighted_mean(self, a: torch.Tensor, b: torch.Tensor) -> float:  # noqa: D102
         with torch.no_grad():
             return float(a @ self.matrix @ b)
+
+    def subset(self, rows: torch.Tensor, cols: torch.Tensor) -> DenseCost:  # noqa: D102
+        return DenseCost(self.matrix[rows][:, cols])
 
 
 class OTDDCost(CostOperator):
@@ -188,6 +210,52 @@ class OTDDCost(CostOperator):
             label_term = label_matrix[self.labels[start:stop, None], self.labels_target[None, :]]
             cost = cost + self.label_weight * label_term
         return cost
+
+    def factors(self, params: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The exact factorisation :math:`C = A B^\top` with ``d + 2 + C2`` columns
+        (``d`` features, two squared-norm columns, one column per target class):
+
+        .. math:: A_i = \big(-2\lambda_x \tilde x_i,\; \lambda_x|\tilde x_i|^2,\; 1,\; \lambda_y L[y_i, :]\big),
+                  \qquad B_j = \big(\tilde x'_j,\; 1,\; \lambda_x|\tilde x'_j|^2,\; e_{y'_j}\big),
+
+        (:math:`\tilde x = x - s`, the common shift), so that ``C @ R = A @ (B.T @ R)`` costs
+        ``O((n + m)(d + C2) r)`` and no ``n x m`` matrix is formed. Differentiable in ``params``.
+        """
+        x, x_target, *rest = self.params() if params is None else params
+        xs, xt = x - self._shift, x_target - self._shift
+        lam = self.feature_weight
+        ones_n = xs.new_ones(xs.shape[0], 1)
+        ones_m = xt.new_ones(xt.shape[0], 1)
+        left = [-2.0 * lam * xs, lam * (xs * xs).sum(1, keepdim=True), ones_n]
+        right = [xt, ones_m, lam * (xt * xt).sum(1, keepdim=True)]
+        if rest:
+            label_matrix = rest[0]
+            left.append(self.label_weight * label_matrix[self.labels])
+            right.append(torch.nn.functional.one_hot(self.labels_target, label_matrix.shape[1]).to(xt.dtype))
+        return torch.cat(left, 1), torch.cat(right, 1)
+
+    def subset(self, rows: torch.Tensor, cols: torch.Tensor) -> OTDDCost:  # noqa: D102
+        has_labels = self.labels is not None and self.labels_target is not None
+        return OTDDCost(
+            self.x[rows],
+            self.x_target[cols],
+            self.labels[rows] if has_labels else None,
+            self.labels_target[cols] if has_labels else None,
+            self.label_matrix,
+            feature_weight=self.feature_weight,
+            label_weight=self.label_weight,
+            self_label_matrices=self.self_label_matrices,
+        )
+
+    def strata(self) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: D102
+        if self.labels is None or self.labels_target is None:
+            return None
+        return self.labels, self.labels_target
+
+    def num_classes(self) -> int:  # noqa: D102
+        if self.label_matrix is None:
+            return 0
+        return int(max(self.label_matrix.shape))
 
     def weighted_mean(self, a: torch.Tensor, b: torch.Tensor) -> float:
         r"""Closed form :math:`\lambda_x(|b|\,\overline{|x|^2} + |a|\,\overline{|x'|^2} - 2 \bar x \cdot \bar x')

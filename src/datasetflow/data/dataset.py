@@ -423,15 +423,16 @@ class LabeledDataset:
         """A copy with features multiplied by ``factor`` (e.g. ``1/255`` for ``uint8`` pixels)."""
         return self.with_features(self.x * factor)
 
-    def take(self, index: torch.Tensor) -> LabeledDataset:
-        """The samples ``index`` (a long tensor) with the same classes and renormalised weights.
+    def take(self, index: torch.Tensor, weights: torch.Tensor | None = None) -> LabeledDataset:
+        """The samples ``index`` (a long tensor) with the same classes and renormalised weights
+        (``weights``, shape ``(len(index),)``, instead of the selected ones if given).
 
         Unlike :meth:`subset`, classes are kept as they are, so every class must keep a sample.
         """
         y = self.y[index]
         if bool((torch.bincount(y, minlength=self.num_classes) == 0).any()):
             raise EmptyDatasetError("take() would leave a class without samples; use subset() to drop classes.")
-        w = self.weights[index]
+        w = self.weights[index] if weights is None else weights.to(self.weights)
         return self._replace(x=self.x[index], y=y, weights=w / w.sum())
 
     def subset(self, index: Any) -> LabeledDataset:
@@ -453,7 +454,7 @@ class LabeledDataset:
         )
 
     # ------------------------------------------------------------------ statistics
-    def class_stats(self, *, unbiased: bool = True) -> ClassStats:
+    def class_stats(self, *, unbiased: bool = True, diagonal: bool = False) -> ClassStats:
         r"""Per-class means and covariances, in one streaming float64 pass over the samples.
 
         The mean of class :math:`c` is :math:`m_c = \sum_{i \in c} w_i x_i / W_c` with
@@ -485,9 +486,11 @@ class LabeledDataset:
 
         Args:
             unbiased: use the unbiased normaliser (default) or the maximum-likelihood one.
+            diagonal: only the per-class variances (the diagonals of :math:`\Sigma_c`, ``O(C d)``: no
+                ``d x d`` work), returned as ``variances`` instead of ``factors``.
 
         Returns:
-            A :class:`ClassStats` with ``means``, ``factors``, ``weights`` and ``counts``.
+            A :class:`ClassStats` with ``means``, ``factors`` (or ``variances``), ``weights`` and ``counts``.
         """
         from .moments import class_moments, covariance_factor
 
@@ -511,6 +514,14 @@ class LabeledDataset:
             )
             normaliser = torch.where(single, torch.ones_like(normaliser), normaliser)
 
+        if diagonal:
+            means = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device).index_add(
+                0, y, w[:, None] * x
+            ) / class_mass[:, None].to(x.dtype)
+            centred = x - means[y]
+            second = torch.zeros_like(means).index_add(0, y, w[:, None] * centred * centred)
+            variances = torch.where(single[:, None], torch.zeros_like(second), second / normaliser[:, None].to(x.dtype))
+            return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, variances=variances)
         order = torch.argsort(y, stable=True)
         members = list(torch.split(order, counts.tolist()))
         large = (counts > dim) & ~single

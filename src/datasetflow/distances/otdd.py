@@ -123,6 +123,12 @@ def otdd(
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     world: World | None = None,
     value_tol: float | str | None = "auto",
+    rank: int | None = None,
+    batch_size: int | None = None,
+    n_batches: int | None = None,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    disjoint: bool = False,
 ) -> OTDDResult:
     r"""Optimal Transport Dataset Distance between two labeled datasets.
 
@@ -134,7 +140,21 @@ def otdd(
             ``"gaussian"`` (Bures closed form, default; alias ``"bures"``), ``"exact"`` (network
             simplex between class clouds), ``"sinkhorn"`` (entropic, debiased) or ``"sliced"``
             (:math:`\mathrm{SW}_2^2` between class clouds).
-        outer: ``"sinkhorn"`` (default) or ``"exact"``.
+        outer: ``"sinkhorn"`` (default), ``"exact"``, ``"lowrank"`` or ``"minibatch"``. The last two never
+            form the ``n x m`` cost (for 10^5 points per side):
+
+            * ``"lowrank"`` (Scetbon, Cuturi & Peyré 2021) minimises over couplings of rank ``rank``
+              (default four per class) on the exact factorisation ``C = A B^T`` of the OTDD cost
+              (``d + 2 + C2`` columns); its value is an **upper bound** of the exact OTDD² (every rank-r
+              coupling is feasible), with a bias that grows as the rank falls (large when within-class
+              matchings matter, see ``docs/otdd.md``). No ``reg``.
+            * ``"minibatch"`` (Fatras et al. 2020) is the mean over ``n_batches`` pairs of class-stratified
+              minibatches of ``batch_size`` points of exact OT (or, with ``reg``, entropic OT, absolute);
+              ``result.ot.stderr`` is its standard error. Its expectation is above OTDD² and its
+              **self-distance is not 0** (equal to OTDD² only at ``batch_size = n = m``). Label
+              distances are always those of the full datasets.
+
+            ``debiased`` applies to ``"sinkhorn"`` only.
         reg: absolute entropic regularisation of the outer problem. Default (None):
             ``relative_reg_fraction * mean cost`` where the mean cost is
             :math:`\sum_{ij} a_i b_j C_{ij}`; an absolute 0.1 would be nearly unregularised for
@@ -172,6 +192,9 @@ def otdd(
             (``potentials``: this rank's ``f`` rows and the whole ``g``). ``outer="sinkhorn"`` only.
         value_tol: Sinkhorn's value-based stop for annealed (small-``reg``) solves, see
             :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None iterates until ``tol`` or the precision floor.
+        rank: ``outer="lowrank"``: the rank (see :func:`~datasetflow.solvers.api.solve`).
+        batch_size, n_batches, seed, generator, disjoint: ``outer="minibatch"`` (``seed`` also seeds the
+            low-rank initial factors); see :func:`~datasetflow.solvers.minibatch.minibatch_ot`.
 
     Returns:
         :class:`OTDDResult`; ``distance_squared`` is differentiable with respect to
@@ -194,8 +217,8 @@ def otdd(
         raise InvalidArgumentError(f"outer must be one of {METHODS}, got {outer!r}.")
     if reg is not None and (isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0):
         raise InvalidArgumentError(f"reg must be a positive float or None (relative default), got {reg!r}.")
-    if outer == "exact" and reg is not None:
-        raise InvalidArgumentError(f"outer='exact' takes no reg (got reg={reg!r}); use outer='sinkhorn'.")
+    if outer in ("exact", "lowrank") and reg is not None:
+        raise InvalidArgumentError(f"outer={outer!r} takes no reg (got reg={reg!r}); use outer='sinkhorn'.")
     feature_weight = _check_weight("feature_weight", feature_weight)
     label_weight = _check_weight("label_weight", label_weight)
     label_cost = get_label_cost(inner)
@@ -256,9 +279,20 @@ def otdd(
     a, b = source.weights, target.weights
     if target_self is not None and (outer != "sinkhorn" or not debiased or reg is None):
         raise InvalidArgumentError("target_self needs outer='sinkhorn', debiased=True and an explicit reg.")
-    eps = None
+    eps = reg if outer == "minibatch" else None
     if outer == "sinkhorn":
         eps = reg if reg is not None else relative_reg(None, cost.weighted_mean(a, b), relative_reg_fraction)
+    options: dict[str, Any] = {}
+    if outer == "lowrank":
+        options = {"rank": rank, "seed": seed}
+    elif outer == "minibatch":
+        options = {
+            "batch_size": batch_size,
+            "n_batches": n_batches,
+            "seed": seed,
+            "generator": generator,
+            "disjoint": disjoint,
+        }
     result = solve(
         cost,
         a,
@@ -274,6 +308,7 @@ def otdd(
         known_self_values=None if target_self is None else (None, target_self[1]),
         potentials_init=potentials_init if outer == "sinkhorn" else None,
         value_tol=value_tol,
+        **options,
     )
     weights = (feature_weight, label_weight)
     if label_matrix is None:
@@ -301,6 +336,7 @@ def _result(
         "n_source": len(source) if n_source is None else n_source,
         "n_target": len(target),
         "dim": source.dim,
+        **{k: v for k, v in options.items() if k != "generator"},
     }
     return OTDDResult(
         distance_squared=distance_squared,

@@ -195,7 +195,7 @@ class GaussianLabelCost(LabelCost):
             return stats
         if dataset is None:
             raise InvalidArgumentError("GaussianLabelCost.summarize needs a dataset or its ClassStats.")
-        return dataset.class_stats(unbiased=self.unbiased)
+        return dataset.class_stats(unbiased=self.unbiased, diagonal=self.diagonal)
 
     def _compare(self, stats1: ClassStats, stats2: ClassStats | None) -> torch.Tensor:
         symmetric = stats2 is None

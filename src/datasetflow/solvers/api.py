@@ -9,12 +9,14 @@ import torch
 from ..costs.ground import CostOperator, DenseCost
 from ..errors import InvalidArgumentError, NonFiniteError, ShapeMismatchError
 from .exact import exact_ot
+from .lowrank import lowrank_ot
+from .minibatch import minibatch_ot
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
 __all__ = ["solve", "METHODS", "GRADS", "BACKENDS", "choose_backend", "DEFAULT_RELATIVE_REG", "relative_reg"]
 
-METHODS = ("exact", "sinkhorn")
+METHODS = ("exact", "sinkhorn", "lowrank", "minibatch")
 GRADS = ("envelope", "autodiff", "detach")
 BACKENDS = ("auto", "dense", "chunked")
 
@@ -72,6 +74,12 @@ def solve(
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     value_tol: float | str | None = "auto",
+    rank: int | None = None,
+    batch_size: int | None = None,
+    n_batches: int | None = None,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    disjoint: bool = False,
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
 
@@ -82,8 +90,12 @@ def solve(
             (e.g. :class:`~datasetflow.costs.ground.OTDDCost`, defined implicitly by point clouds).
         a, b: marginals ``(n,)`` and ``(m,)``; uniform if None.
         reg: entropic regularisation (absolute, in cost units). None or 0 means exact OT.
-        method: ``"exact"`` (network simplex, POT) or ``"sinkhorn"`` (log-domain, torch).
-            Default: ``"exact"`` if ``reg`` is None/0, else ``"sinkhorn"``.
+        method: ``"exact"`` (network simplex, POT), ``"sinkhorn"`` (log-domain, torch), ``"lowrank"``
+            (rank-``r`` couplings, :mod:`~datasetflow.solvers.lowrank`; an upper bound of exact OT; takes no
+            ``reg``) or ``"minibatch"`` (mean of exact, or with ``reg`` entropic, OT over ``n_batches``
+            pairs of minibatches, :mod:`~datasetflow.solvers.minibatch`; its self-distance is not 0).
+            Default: ``"exact"`` if ``reg`` is None/0, else ``"sinkhorn"``. Neither of the last two forms
+            an ``n x m`` matrix.
         max_iter: iteration limit (default 1e6 for exact, 1000 for Sinkhorn).
         tol: Sinkhorn stopping tolerance on the L1 marginal error (default 1e-5).
         grad: ``"envelope"`` (default; gradients from the plan and potentials, no backprop
@@ -100,6 +112,15 @@ def solve(
             :func:`~datasetflow.solvers.sinkhorn.sinkhorn`).
         value_tol: Sinkhorn's value-based stop (see :func:`~datasetflow.solvers.sinkhorn.sinkhorn`;
             ``"auto"``: a relative 1e-4 for annealed, small-``reg`` solves only).
+        rank: ``method="lowrank"``: the rank ``1 <= r <= min(n, m)`` (default four per class of the cost,
+            :func:`~datasetflow.solvers.lowrank.default_rank`).
+        batch_size, n_batches: ``method="minibatch"``: ``B <= min(n, m)`` (default ``min(n, m, 1000)``) and
+            ``K`` (default 8).
+        seed: ``"lowrank"`` initial factors, ``"minibatch"`` draws (unless ``generator`` is given).
+        generator: ``"minibatch"``: a ``torch.Generator`` on the cost's device to draw from (flows pass
+            their checkpointed one).
+        disjoint: ``"minibatch"``: disjoint source minibatches (see
+            :func:`~datasetflow.solvers.minibatch.minibatch_ot`).
 
     Returns:
         :class:`OTResult` with ``value``, ``value_linear``, ``plan``, ``potentials``,
@@ -128,6 +149,37 @@ def solve(
         method = "exact" if not reg else "sinkhorn"
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}.")
+    extra = {"rank": rank} if method != "lowrank" else {}
+    extra.update({"batch_size": batch_size, "n_batches": n_batches} if method != "minibatch" else {})
+    unused = [k for k, v in extra.items() if v is not None]
+    if unused:
+        raise InvalidArgumentError(f"{', '.join(unused)} do not apply to method={method!r}.")
+    if method in ("lowrank", "minibatch"):
+        if debiased:
+            raise InvalidArgumentError(f"debiased=True applies to method='sinkhorn' only, not {method!r}.")
+        if backend == "chunked":
+            raise InvalidArgumentError(f"backend='chunked' is Sinkhorn-only; method={method!r} never forms n x m.")
+    if method == "lowrank":
+        if reg:
+            raise InvalidArgumentError(f"method='lowrank' takes no reg (got reg={reg!r}); it is unregularised.")
+        return lowrank_ot(
+            cost, a_t, b_t, rank=rank, max_iter=max_iter or 200, tol=1e-5 if tol is None else tol, seed=seed, grad=grad
+        )
+    if method == "minibatch":
+        return minibatch_ot(
+            cost,
+            a_t,
+            b_t,
+            batch_size=batch_size,
+            n_batches=n_batches,
+            reg=float(reg) if reg else None,
+            seed=seed,
+            generator=generator,
+            disjoint=disjoint,
+            grad=grad,
+            max_iter=max_iter,
+            tol=tol,
+        )
     if method == "exact":
         if reg:
             raise InvalidArgumentError(f"method='exact' takes no reg (got reg={reg!r}); use method='sinkhorn'.")

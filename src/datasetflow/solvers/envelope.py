@@ -15,7 +15,7 @@ import torch
 
 from ..costs.ground import CostOperator
 
-__all__ = ["attach_envelope"]
+__all__ = ["attach_envelope", "attach_envelope_factored"]
 
 PlanBlock = Callable[[int, int, torch.Tensor], torch.Tensor]
 
@@ -96,3 +96,32 @@ def attach_envelope(
     if not (any(p.requires_grad for p in params) or a.requires_grad or b.requires_grad):
         return value
     return _EnvelopeChunked.apply(value, cost, plan_block, a, b, f.detach(), g.detach(), *params)
+
+
+def attach_envelope_factored(
+    value: torch.Tensor,
+    factors: tuple[torch.Tensor, torch.Tensor],
+    left: torch.Tensor,
+    right: torch.Tensor,
+) -> torch.Tensor:
+    r"""``value`` (detached) with the envelope gradient of a factorised cost and a factorised plan.
+
+    With the cost :math:`C = A B^\top` and the plan :math:`P = U V^\top` (``U`` of shape ``(n, r)``,
+    ``V`` of shape ``(m, r)``), :math:`\partial \langle P, C\rangle / \partial A = P B = U (V^\top B)`
+    and :math:`\partial/\partial B = P^\top A = V (U^\top A)`: ``O((n + m) k r)``, no ``n x m`` matrix.
+
+    Args:
+        value: 0-d tensor, the optimal value.
+        factors: the differentiable ``(A, B)`` of shapes ``(n, k)``, ``(m, k)``.
+        left, right: ``U``, ``V`` (detached inside).
+    """
+    big_a, big_b = factors
+    value = value.detach()
+    if not (big_a.requires_grad or big_b.requires_grad):
+        return value
+    u, v = left.detach(), right.detach()
+    a_d, b_d = big_a.detach(), big_b.detach()
+    with torch.no_grad():
+        grad_a = u @ (v.mT @ b_d)
+        grad_b = v @ (u.mT @ a_d)
+    return value + ((big_a - a_d) * grad_a).sum() + ((big_b - b_d) * grad_b).sum()

@@ -30,10 +30,13 @@ class OTResult:
         converged: whether the stopping criterion was met.
         marginal_error: :math:`\|P 1 - a\|_1 + \|P^\top 1 - b\|_1` at the end.
         reg: the entropic regularisation used (None for exact OT).
-        method: ``"exact"`` or ``"sinkhorn"``.
+        method: ``"exact"``, ``"sinkhorn"``, ``"lowrank"`` or ``"minibatch"``.
         backend: ``"dense"`` or ``"chunked"``.
         errors: marginal errors recorded during the iterations.
         self_values: for debiased divergences, the values of the two self-transport terms.
+        plan_factors: for low-rank OT, ``(Q, g, R)`` of shapes ``(n, r)``, ``(r,)``, ``(m, r)`` with
+            :math:`P = Q\,\mathrm{diag}(1/g)\,R^\top`.
+        stderr: for minibatch OT, the standard error of the mean over the minibatch pairs.
         config: the options that produced this result.
     """
 
@@ -49,6 +52,8 @@ class OTResult:
     backend: str = "dense"
     errors: tuple[float, ...] = ()
     self_values: tuple[torch.Tensor, torch.Tensor] | None = None
+    plan_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    stderr: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     def diagnostics(self) -> dict[str, Any]:
@@ -60,4 +65,6 @@ class OTResult:
             "n_iter": self.n_iter,
             "converged": self.converged,
             "marginal_error": self.marginal_error,
+            **({"stderr": self.stderr} if self.stderr is not None else {}),
+            **({"rank": int(self.plan_factors[1].shape[0])} if self.plan_factors is not None else {}),
         }
