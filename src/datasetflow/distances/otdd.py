@@ -313,13 +313,40 @@ def otdd(
     weights = (feature_weight, label_weight)
     if label_matrix is None:
         label_matrix = label_cost.between(source, target, source_stats=source_stats, target_stats=target_stats)
-    return _result(source, target, result, label_cost, label_matrix, self_matrices, outer, eps, reg, debiased, weights)
+    return _result(
+        source,
+        target,
+        result,
+        label_cost,
+        label_matrix,
+        self_matrices,
+        outer,
+        eps,
+        reg,
+        debiased,
+        weights,
+        None,
+        options,
+    )
 
 
 def _result(
-    source, target, result, label_cost, label_matrix, self_matrices, outer, eps, reg, debiased, weights, n_source=None
+    source,
+    target,
+    result,
+    label_cost,
+    label_matrix,
+    self_matrices,
+    outer,
+    eps,
+    reg,
+    debiased,
+    weights,
+    n_source=None,
+    options=None,
 ):
-    """The :class:`OTDDResult` of a solved outer problem (``weights``: the feature and label weights)."""
+    """The :class:`OTDDResult` of a solved outer problem (``weights``: the feature and label weights;
+    ``options``: the low-rank or minibatch solver's settings, recorded in ``config``)."""
     feature_weight, label_weight = weights
     # the debiased divergence can come out slightly below 0 (round-off near identical datasets): report 0,
     # keep the raw value (and its gradient) in result.ot.value
@@ -336,7 +363,7 @@ def _result(
         "n_source": len(source) if n_source is None else n_source,
         "n_target": len(target),
         "dim": source.dim,
-        **{k: v for k, v in options.items() if k != "generator"},
+        **{k: v for k, v in (options or {}).items() if k != "generator"},
     }
     return OTDDResult(
         distance_squared=distance_squared,
