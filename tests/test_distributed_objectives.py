@@ -264,3 +264,62 @@ def test_quantile_sketches_need_the_sliced_label_cost():
         mmd_sw_to(target, inner="gaussian", quantiles=16)
     with pytest.raises(InvalidArgumentError, match="positive int"):
         mmd_sw_to(target, quantiles=0)
+
+
+# ---------------------------------------------------------------------- distance matrices over ranks
+def _matrix_datasets() -> list[LabeledDataset]:
+    return [_labeled([5 + k, 4, 6 - k], 3, seed=20 + k, shift=1.0 + 0.5 * k) for k in range(4)]
+
+
+MATRIX_CASES = {
+    "sotdd": {"method": "sotdd", "n_projections": 40, "chunk": 7},
+    "busemann": {"method": "busemann", "n_projections": 40, "chunk": 7},
+    "otdd": {"method": "otdd", "otdd_options": {"tol": 1e-11}},
+}
+
+
+def _sharded_matrices(world: World) -> dict:
+    from datasetflow import distance_matrix
+
+    return {name: distance_matrix(_matrix_datasets(), world=world, **o).matrix_pow for name, o in MATRIX_CASES.items()}
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_distance_matrix_split_over_ranks_equals_one_process(size):
+    from datasetflow import distance_matrix
+
+    expected = {name: distance_matrix(_matrix_datasets(), **o).matrix_pow for name, o in MATRIX_CASES.items()}
+    for rank, result in enumerate(run_distributed(_sharded_matrices, size, timeout=240)):
+        for name, matrix in result.items():
+            assert torch.allclose(matrix, expected[name], rtol=1e-12, atol=1e-12), (size, rank, name)
+
+
+def test_torchrun_distance_matrix_prints_once_and_equals_one_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from conftest import invoke_cli
+
+    paths = []
+    for k, data in enumerate(_matrix_datasets()[:3]):
+        paths.append(str(tmp_path / f"d{k}.npz"))
+        np.savez(paths[-1], x=data.x.numpy(), y=data.y.numpy())
+    common = ["distance-matrix", *paths, "--dtype", "float64", "--projections", "64", "--json"]
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "datasetflow"]
+        + common,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, run.stdout  # only rank 0 prints
+    two, one = json.loads(lines[0]), json.loads(invoke_cli(*common).output)
+    assert two["settings"]["world_size"] == 2 and "world_size" not in one["settings"]
+    assert np.allclose(two["matrix"], one["matrix"], rtol=1e-12, atol=1e-12)

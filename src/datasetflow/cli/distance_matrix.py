@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import describe, jsonable, load_datasets
+from .common import describe, join_world, jsonable, leave_world, load_datasets
 
 __all__ = ["register", "run_distance_matrix", "matrix_text", "METHODS"]
 
@@ -61,6 +61,7 @@ def run_distance_matrix(
             raise _error(f"{flags} apply to the sliced methods only, not --method otdd.")
     elif "outer" in given:
         raise _error("--outer applies to --method otdd only.")
+    world = join_world(data["device"])  # torchrun: the pairs (otdd) or direction chunks (sliced) split over ranks
     datasets, load_seconds = [], 0.0
     for spec in specs:
         ds, _, seconds = load_datasets(spec, None, data, seed)
@@ -74,7 +75,9 @@ def run_distance_matrix(
     start = time.perf_counter()
     if method == "otdd":
         outer = given.get("outer")
-        result = distance_matrix(datasets, method="otdd", names=specs, otdd_options={"outer": outer} if outer else {})
+        result = distance_matrix(
+            datasets, method="otdd", names=specs, otdd_options={"outer": outer} if outer else {}, world=world
+        )
         settings: dict[str, Any] = {"outer": outer or "sinkhorn (library default)", "inner": "gaussian", "p": 2}
     else:
         extra = {"n_moments": given["n_moments"]} if "n_moments" in given else {}
@@ -86,10 +89,16 @@ def run_distance_matrix(
             n_projections=given.get("n_projections", 1000),
             seed=seed,
             standardize=None if standardize == "none" else standardize,
+            world=world,
             **extra,
         )
         settings = dict(result.config)
     seconds = time.perf_counter() - start
+    if world.distributed:
+        settings["world_size"] = world.size
+    leave_world(world)
+    if not world.is_main:
+        return {}
     settings.update(
         {
             "resize": "x".join(str(s) for s in data["resize"]) if data["resize"] else None,
@@ -164,6 +173,8 @@ def register(cli: Any) -> None:
             "outer": params["outer"],
         }
         payload = run_distance_matrix(list(datasets), method=method, options=options, data=data, seed=seed)
+        if not payload:  # a rank other than 0 under torchrun: rank 0 prints and writes
+            return None
         if out is not None:
             folder = Path(out)
             folder.mkdir(parents=True, exist_ok=True)

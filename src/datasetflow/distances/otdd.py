@@ -224,7 +224,7 @@ def otdd(
     label_cost = get_label_cost(inner)
     if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
         target = target.to(device=source.x.device, dtype=source.x.dtype)
-    world = get_world() if world is None else world
+    world = World() if world is None else get_world(world)
     if world.distributed:
         return _sharded_otdd(
             source,

@@ -1065,6 +1065,7 @@ def distance_matrix(
     standardize: Any = None,
     chunk: int | None = None,
     otdd_options: dict[str, Any] | None = None,
+    world: Any = None,
 ) -> DistanceMatrixResult:
     r"""All pairwise distances between ``N`` labeled datasets.
 
@@ -1082,10 +1083,18 @@ def distance_matrix(
         n_projections, n_moments, rates, p, seed, eps, label_map, label_dim, standardize, chunk: as in
             :func:`sotdd` / :func:`busemann`.
         otdd_options: keyword arguments of ``otdd()`` for ``method="otdd"``.
+        world: ranks to spread the work over (:class:`~datasetflow.distributed.World`, e.g. under
+            ``torchrun``; default: one process). Every rank holds all the datasets. ``otdd`` gives rank ``r``
+            the pairs ``k`` with ``k % size == r``; the sliced methods give it the chunks of directions
+            ``k % size == r``. The partial sums are all-reduced (float64), so every rank returns the same
+            matrix, equal to the one-process matrix up to the order of float64 additions.
 
     Returns:
         :class:`DistanceMatrixResult` (detached values; symmetric, zero diagonal).
     """
+    from ..distributed.comm import World, all_reduce_sum, get_world
+
+    world = World() if world is None else get_world(world)
     if method not in MATRIX_METHODS:
         raise InvalidArgumentError(f"method must be one of {MATRIX_METHODS}, got {method!r}.")
     datasets = list(datasets)
@@ -1108,10 +1117,12 @@ def distance_matrix(
 
         options = dict(otdd_options or {})
         out = torch.zeros(N, N, dtype=torch.float64)
+        pairs = [(i, j) for i in range(N) for j in range(i + 1, N)]
         with torch.no_grad():
-            for i in range(N):
-                for j in range(i + 1, N):
+            for k, (i, j) in enumerate(pairs):
+                if k % world.size == world.rank:
                     out[i, j] = out[j, i] = float(otdd(datasets[i], datasets[j], **options).distance_squared)
+        out = all_reduce_sum(out, world)
         config = {"method": "otdd", **{k: str(v) if not isinstance(v, (int, float)) else v for k, v in options.items()}}
         return DistanceMatrixResult(
             out, out.sqrt(), torch.zeros_like(out), names, method, time.perf_counter() - start_time, config
@@ -1137,7 +1148,9 @@ def distance_matrix(
     sums = torch.zeros(N, N, dtype=torch.float64)
     squares = torch.zeros(N, N, dtype=torch.float64)
     with torch.no_grad():
-        for start, stop in _chunks(bank.n_projections, chunk):
+        for k, (start, stop) in enumerate(_chunks(bank.n_projections, chunk)):
+            if k % world.size != world.rank:
+                continue
             params, perm = _rows_by_order(bank.chunk(start, stop, first.x.dtype, first.x.device))
             sketches = [_sketch(x, f, params)[:2] for x, f in zip(arranged, features, strict=True)]
             for i in range(N):
@@ -1146,6 +1159,7 @@ def distance_matrix(
                     w = wasserstein_1d_sorted(u, a, v, b, setup.p).to(torch.float64).cpu()  # any row order
                     sums[i, j] += w.sum()
                     squares[i, j] += (w * w).sum()
+    sums, squares = all_reduce_sum(sums, world), all_reduce_sum(squares, world)
     L = bank.n_projections
     mean = sums / L
     var = (squares - L * mean * mean).clamp_min(0) / max(L - 1, 1)

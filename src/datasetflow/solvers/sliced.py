@@ -284,7 +284,7 @@ def sliced_wasserstein(
     a = _as_weights("x_weights", x_weights, x.shape[0], x)
     b = _as_weights("y_weights", y_weights, y.shape[0], x)
     theta = resolve_directions(projections, n_projections, x.shape[1], x, generator, seed)
-    world = get_world() if world is None else world
+    world = World() if world is None else get_world(world)
     if world.distributed:
         projected, _ = gather_projections(x, theta, world)
         if x_weights is not None:
