@@ -203,7 +203,13 @@ def main() -> None:
         fitted = slope([p[0] for p in points], [p[1] for p in points]) if points else None
         if fitted is not None:
             lines.append(f"- {LABELS[method]}: {fitted:.2f} (n = {', '.join(f'{p[0]:,}' for p in points)})")
-    lines += ["", "![time against n](figures/bench_sliced.png)", "", f"Total benchmark time {total:.0f} s."]
+    lines += [
+        "",
+        "![time against n](figures/bench_sliced.png)",
+        "",
+        f"Wall time of the last invocation: {total:.0f} s (with `--retry-failed` it reruns only failed or "
+        "missing cases; the others keep their saved numbers).",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.quick:
