@@ -40,7 +40,7 @@ from datasetflow.distances import sliced_distance  # noqa: E402
 
 NAME = "distance_correlation"
 METHODS = {"sotdd": "s-OTDD", "swb1dg": "SWB1DG", "swbg": "SWBG"}
-FULL = {"pairs": 16, "sizes": (400, 800), "L": (10, 100, 500, 1000, 5000), "datasets": ("mnist", "cifar10")}
+FULL = {"pairs": 20, "sizes": (500, 1000), "L": (10, 100, 500, 1000, 5000), "datasets": ("mnist", "cifar10")}
 QUICK = {"pairs": 12, "sizes": (150, 300), "L": (10, 100, 500), "datasets": ("mnist",)}
 TIMED_PAIRS = 2
 BOOTSTRAP = 2000

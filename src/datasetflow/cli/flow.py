@@ -22,6 +22,7 @@ from .common import (
     gather_result,
     join_world,
     jsonable,
+    leave_world,
     load_datasets,
     on_main,
     progress_callback,
@@ -523,6 +524,7 @@ def run_flow_command(
         close()
 
     result = gather_result(result, world)
+    leave_world(world)  # no more collectives; no rank aborts the others at exit
     if not world.is_main:  # rank 0 writes the outputs
         if diverged is not None:
             raise _error(str(diverged))

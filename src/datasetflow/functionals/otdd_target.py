@@ -44,6 +44,8 @@ class OTDDToTarget(Functional):
     """
 
     name = "otdd"
+    #: sharded particles: row-sharded Sinkhorn, label distances from all-reduced class statistics (``otdd(world=)``)
+    supports_sharding = True
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class OTDDToTarget(Functional):
                 target_summary=cache.get("summary"),
                 target_self=(cache["target_labels"], cache["target_value"]) if debiased and fixed_reg else None,
                 potentials_init=(cache["f"], cache["g"]) if sinkhorn and warm else None,
+                world=state.world,
                 **options,
             )
         except RegularizationError as exc:
@@ -140,7 +143,9 @@ class OTDDToTarget(Functional):
                 cache["target_value"] = result.ot.self_values[1]
         if sinkhorn and result.ot.potentials is not None:
             cache["f"], cache["g"] = result.ot.potentials
-        return 0.5 * result.distance_squared
+        # the raw OT value, not the distance clamped at 0: near the target a debiased value can dip
+        # below 0 by round-off, and the clamp would zero the gradient there
+        return 0.5 * result.ot.value
 
 
 def otdd_to(target: LabeledDataset, **options: Any) -> OTDDToTarget:

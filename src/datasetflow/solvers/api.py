@@ -71,6 +71,7 @@ def solve(
     eps_scaling: float | str | None = "auto",
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    value_tol: float | str | None = "auto",
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
 
@@ -97,6 +98,8 @@ def solve(
         potentials_init: Sinkhorn warm start ``(f, g)``.
         known_self_values: with ``debiased``, self-transport values already known (see
             :func:`~datasetflow.solvers.sinkhorn.sinkhorn`).
+        value_tol: Sinkhorn's value-based stop (see :func:`~datasetflow.solvers.sinkhorn.sinkhorn`;
+            ``"auto"``: a relative 1e-4 for annealed, small-``reg`` solves only).
 
     Returns:
         :class:`OTResult` with ``value``, ``value_linear``, ``plan``, ``potentials``,
@@ -148,4 +151,5 @@ def solve(
         debiased=debiased,
         potentials_init=potentials_init,
         known_self_values=known_self_values,
+        value_tol=value_tol,
     )
