@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -150,7 +151,8 @@ self-transport value, which later steps reuse. Floors (issue #2, measured in thi
 `torch.cdist(x, y)**2` + backward {floor:.3f} s, one-GEMM version {gemm_floor:.3f} s.
 Targets of issue #3: 2-D case under 20 s in total (for 1000 steps; the table gives the steps run);
 image-sized case at most 1 s per step.
-The machine was shared with other jobs while this ran: single times are noisy, the medians and the ratios
+The machine was shared with other jobs while this ran (1-minute load average {os.getloadavg()[0]:.1f} when
+the report was written): single times are noisy, the medians and the ratios
 measured in the same process are what to read.
 
 {table}

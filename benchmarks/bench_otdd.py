@@ -445,7 +445,8 @@ Written by `python benchmarks/bench_otdd.py` on {time.strftime("%Y-%m-%d")}:
 {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}
 ({torch.get_num_threads()} threads), Python {platform.python_version()}. Every time is the median of
 {args.repeats} runs after a warm-up, in one process; ratios are against the floors measured in the same run.
-The machine was shared with other jobs while this ran, so single times are noisy: "x floor, paired" is the
+The machine was shared with other jobs while this ran (1-minute load average {os.getloadavg()[0]:.1f} when
+the report was written, on {os.cpu_count()} cores), so single times are noisy: "x floor, paired" is the
 median over the runs of each run's time divided by a floor run made just before it, which follows the load;
 the targets are judged on it.
 
