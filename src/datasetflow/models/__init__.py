@@ -12,7 +12,14 @@ tqdm (progress bars) are imported only when used.
 """
 
 from .classifier import CorrespondenceHead, FrozenClassifier, accuracy, predict
-from .lenet import MNIST_CLASSES, LeNet5, pretrained_mnist_lenet5, train_classifier
+from .lenet import (
+    MNIST_CLASSES,
+    Ensemble,
+    LeNet5,
+    pretrained_mnist_lenet5,
+    pretrained_mnist_provenance,
+    train_classifier,
+)
 from .push_forward import PushForwardMap
 from .repurpose import RepurposeResult, repurpose
 
@@ -20,6 +27,8 @@ __all__ = [
     "LeNet5",
     "train_classifier",
     "pretrained_mnist_lenet5",
+    "pretrained_mnist_provenance",
+    "Ensemble",
     "MNIST_CLASSES",
     "predict",
     "accuracy",
