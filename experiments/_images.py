@@ -143,7 +143,8 @@ def classifier_sentence(info: dict[str, Any]) -> str:
     """One sentence naming the frozen classifier and its held-out accuracy (for the result sections)."""
     s = info["settings"]
     return (
-        f"{info['architecture']} trained on {info['train_set']} (seeds {info['seeds']}, affine augmentation, "
+        f"ensemble of {len(info['seeds'])} LeNet-5s (mean of their probabilities) trained on {info['train_set']} "
+        f"(seeds {info['seeds']}, affine augmentation, "
         f"one-cycle schedule, {s['epochs']} epochs; held-out MNIST accuracy {100 * info['heldout_accuracy']:.2f} %)"
     )
 

@@ -57,3 +57,11 @@ def test_wow_da_quick(tmp_path):
         assert all(0.0 <= a <= 1.0 for a in run["mean"]) and run["seconds_per_step"] > 0
         assert run["mean"][-1] > run["mean"][0]  # the quick run's claim: the flow raises the accuracy
     assert (figures / "wow_da_curves.png").is_file()
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data")
+def test_main_job_quick(tmp_path):
+    payload, _, stdout = run_quick_experiment("main_job", tmp_path, timeout=300)
+    assert payload["accuracy_after"] > payload["accuracy_before"]
+    assert payload["printed_accuracy_line"] in stdout
+    assert "direction check passed" in stdout

@@ -141,3 +141,20 @@ def test_embedding_pipeline_errors():
         embed(x, "autoencoder")
     with pytest.raises(ShapeMismatchError, match="grayscale"):
         embed(x, "hog", feature_shape=(3, 28, 28)[1:] + (1,))
+
+
+def test_convnet3_shapes_and_instance_norm():
+    from datasetflow.models import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(num_classes=10, width=8, depth=3)
+    assert net(torch.rand(4, 784)).shape == (4, 10)
+    assert net.head.in_features == 8 * 3 * 3
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 3 and all(m.num_groups == m.num_channels == 8 for m in norms)  # one group per channel
+    # instance norm: scaling one image's pixels does not change its first-block activations after the norm
+    x = torch.rand(2, 1, 28, 28)
+    first = net.body[:2]
+    torch.testing.assert_close(first(x), first(torch.cat([3 * x[:1], x[1:]])), atol=1e-3, rtol=1e-3)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        ConvNet(image_size=4, depth=3)

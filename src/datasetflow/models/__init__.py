@@ -12,6 +12,7 @@ tqdm (progress bars) are imported only when used.
 """
 
 from .classifier import CorrespondenceHead, FrozenClassifier, accuracy, predict
+from .convnet import ConvNet
 from .lenet import (
     MNIST_CLASSES,
     Ensemble,
@@ -25,6 +26,7 @@ from .repurpose import RepurposeResult, repurpose
 
 __all__ = [
     "LeNet5",
+    "ConvNet",
     "train_classifier",
     "pretrained_mnist_lenet5",
     "pretrained_mnist_provenance",
