@@ -214,15 +214,26 @@ def collapse_distances(final_x: torch.Tensor, target_x: torch.Tensor) -> dict[st
     }
 
 
-def collapse_sentence(distances: dict[str, dict[str, float]]) -> str:
-    """The sentence reporting :func:`collapse_distances` of several flows (keyed by source name)."""
+def collapse_sentence(distances: dict[str, dict[str, float]], flows: str = "the supervised flows") -> str:
+    """The sentence reporting :func:`collapse_distances` of several flows (keyed by source name); its
+    conclusion follows the ratio to the target's nearest-neighbour scale (collapse below one half)."""
     parts = ", ".join(f"{name} {d['particle_to_nearest_target']:.2f}" for name, d in distances.items())
     scale = next(iter(distances.values()))["target_nearest_neighbour"]
+    ratio = max(d["particle_to_nearest_target"] for d in distances.values()) / scale
+    if ratio < 0.5:
+        verdict = (
+            "the flow towards an empirical target collapses the particles onto (near) copies of target images, so "
+            "the accuracy after the flow is essentially the classifier's accuracy on those images."
+        )
+    else:
+        verdict = (
+            "the particles end about as far from the target images as distinct target images are from each other, "
+            "so they have not collapsed onto copies of target images."
+        )
     return (
-        f"After the supervised flows, the median distance from a particle to its nearest target MNIST image is "
-        f"{parts}, against {scale:.2f} between a target image and its nearest distinct target image (Euclidean, "
-        "pixels in [0, 1]): the flow towards an empirical target collapses the particles onto (near) copies of "
-        "target images, so the accuracy after the flow is essentially the classifier's accuracy on those images."
+        f"After {flows}, the median distance from a particle to its nearest target MNIST image is {parts}, against "
+        f"{scale:.2f} between a target image and its nearest distinct target image (Euclidean, pixels in [0, 1]): "
+        + verdict
     )
 
 

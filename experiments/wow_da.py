@@ -209,7 +209,7 @@ def _markdown(payload: dict) -> str:
         )
         + ".",
         "",
-        collapse_sentence(payload["collapse"]).replace("supervised flows", "flows (medians over the flows)"),
+        collapse_sentence(payload["collapse"], "the flows (medians over the flows)"),
         "",
         "Time per step: "
         + ", ".join(f"{name} {run['seconds_per_step']:.3f} s" for name, run in runs.items())
