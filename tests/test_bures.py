@@ -182,3 +182,23 @@ def test_ridge_regularises_single_sample_class(gen):
 def test_negative_ridge_rejected():
     with pytest.raises(ValueError, match="ridge"):
         GaussianLabelCost(ridge=-1.0)
+
+
+def test_batched_eigen_split_over_threads_is_bit_identical(gen):
+    """The batch split over intra-op threads gives exactly one call's result (each matrix is solved alone),
+    also in a forked child (the pool is per process)."""
+    from datasetflow.costs.linalg import batched_eigen
+
+    k = torch.randn(3, 9, 6, 6, generator=gen, dtype=torch.float64)
+    gram = k @ k.mT
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, vectors = batched_eigen(torch.linalg.eigh, gram)
+        only_values = batched_eigen(torch.linalg.eigvalsh, gram)
+    finally:
+        torch.set_num_threads(previous)
+    expected_values, expected_vectors = torch.linalg.eigh(gram)
+    assert torch.equal(values, expected_values) and torch.equal(vectors, expected_vectors)
+    assert torch.equal(only_values, torch.linalg.eigvalsh(gram))
+    assert torch.get_num_threads() == previous

@@ -18,7 +18,9 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist_test.npz"
 
 @pytest.mark.skipif(not MNIST.is_file(), reason="needs ../shared/data/mnist_test.npz")
 def test_distillation_quick_run(tmp_path):
-    payload, figures, _ = run_quick_experiment("distillation", tmp_path, timeout=300)
+    payload, figures, stdout = run_quick_experiment("distillation", tmp_path, timeout=300)
+    # the quick run exits non-zero unless the objective falls and distilled p = 10 reaches its floor
+    assert "direction check passed" in stdout and "FAILED" not in stdout
     assert payload["quick"] is True
     for key in ("settings", "datasets", "published", "seconds", "peak_rss_mb"):
         assert key in payload
@@ -35,6 +37,7 @@ def test_distillation_quick_run(tmp_path):
             assert isinstance(entry[key], float)
     # chance is 10%: a LeNet-5 trained on 10 images per class does far better
     assert per_p["10"]["random_real"]["mean"] > 30.0
-    assert payload["published"]["mnist"] == {"1": None, "10": 93.0}
+    assert payload["published"]["mnist"] == {"1": 66.5, "10": 93.0}  # p = 1 is published (WoW paper)
+    assert per_p["10"]["convnet"] is None  # the ConvNet-3 evaluator runs in full runs only
     assert (figures / "distill_mnist.png").is_file()
     assert (figures / "distill_objective.png").is_file()

@@ -242,10 +242,10 @@ def test_pseudo_labels_validate_arguments():
         pseudo_labels(data, 0)
     with pytest.raises(InvalidArgumentError, match="exceeds"):
         pseudo_labels(data, 7)
-    with pytest.raises(InvalidArgumentError, match=r"\('kmeans',\)"):
+    with pytest.raises(InvalidArgumentError, match=r"\('kmeans', 'gmm'\)"):
         pseudo_labels(data, 2, method="dbscan")
-    with pytest.raises(InvalidArgumentError, match=r"\('pca',\)"):
-        pseudo_labels(data, 2, embedding="umap")
+    with pytest.raises(InvalidArgumentError, match=r"\('pca', 'hog', 'autoencoder', 'umap'\)"):
+        pseudo_labels(data, 2, embedding="tsne")
     with pytest.raises(InvalidArgumentError, match=r"\('otdd', 'means'\)"):
         align_pseudo_labels(data, data, cost="hamming")
     with pytest.raises(ShapeMismatchError, match="feature dimensions"):

@@ -64,9 +64,19 @@ def test_correspondence_naming_and_pseudo_labels():
     supervised = repurpose(
         source, target, NearestMean(target), steps=30, step_size=0.5, functional_options={"outer": "exact"}
     )
-    assert supervised.naming == "correspondence"
+    assert supervised.naming == "hungarian"  # label sets differ: one-to-one naming by default
     assert supervised.matching_after == [0, 1, 2]  # a -> 0, b -> 1, c -> 2 (the shifted copies)
-    assert supervised.accuracy_after == 1.0
+    assert supervised.accuracy_after == 1.0 and supervised.many_to_one_after == 1.0
+    coupled = repurpose(
+        source,
+        target,
+        NearestMean(target),
+        steps=30,
+        step_size=0.5,
+        naming="correspondence",
+        functional_options={"outer": "exact"},
+    )
+    assert coupled.matching_after == [0, 1, 2] and coupled.accuracy_after == 1.0
     unsupervised = repurpose(
         source,
         target,
@@ -87,6 +97,22 @@ def test_correspondence_naming_and_pseudo_labels():
         functional_options={"n_projections": 50},
     )
     assert wow_flow.accuracy_after > wow_flow.accuracy_before
+
+
+class Constant(torch.nn.Module):
+    """A 'classifier' that predicts class 0 for everything."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 3).to(x.dtype)
+
+
+def test_one_to_one_scoring_does_not_reward_a_constant_prediction():
+    target = _blobs(TARGET_MEANS, seed=1)
+    source = _blobs(SOURCE_MEANS, seed=2, labels=["a", "b", "c"])
+    result = repurpose(source, target, Constant(), steps=2, step_size=0.1, functional_options={"outer": "exact"})
+    assert result.accuracy_after == pytest.approx(1 / 3)  # only one class can be named "0"
+    assert result.many_to_one_after == 1.0  # the many-to-one rule names every class "0"
+    assert result.to_dict()["many_to_one_after"] == 1.0
 
 
 def test_bad_arguments():

@@ -11,7 +11,7 @@ import torch
 
 from conftest import gaussian_classes, invoke_cli
 from datasetflow import LabeledDataset, OTDDCost, otdd, solve
-from datasetflow.errors import ConvergenceWarning
+from datasetflow.errors import ConvergenceWarning, InvalidArgumentError
 from datasetflow.solvers import sinkhorn as sinkhorn_module
 
 pytestmark = pytest.mark.fast
@@ -116,20 +116,60 @@ def _small_reg_problem(gen, dtype):
 def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen):
     cost = _small_reg_problem(gen, torch.float32)
     with pytest.warns(ConvergenceWarning, match=r"precision floor.*float64"):
-        result = solve(cost, reg=0.2, max_iter=5000)
+        result = solve(cost, reg=0.2, max_iter=5000, value_tol=None)
     assert not result.converged and result.config["status"] == "stalled"
     assert result.n_iter < 5000  # stopped by the stall detector, not by max_iter
     assert result.marginal_error < 10 * result.config["precision_floor"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        reference = solve(cost.double(), reg=0.2, max_iter=5000)
+        reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None)
     assert reference.converged
     assert float(result.value) == pytest.approx(float(reference.value), rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_reg_value_stop_is_accurate_reported_and_earlier(gen, dtype):
+    cost = _small_reg_problem(gen, dtype)
+    with pytest.warns(ConvergenceWarning, match=r"dual value settled.*value_tol=None"):
+        result = solve(cost, reg=0.2, max_iter=5000)  # value_tol="auto": on, since reg anneals here
+    assert not result.converged and result.config["status"] == "value"
+    assert result.marginal_error > 1e-5  # stopped before the marginal tolerance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None)
+    assert result.n_iter < reference.n_iter
+    # the stop estimates a relative 1e-4 (AUTO_VALUE_TOL); allow twice that
+    assert float(result.value) == pytest.approx(float(reference.value), rel=2 * sinkhorn_module.AUTO_VALUE_TOL)
+
+
+def test_value_stop_is_off_without_annealing_and_checks_its_argument(gen):
+    cost = _small_reg_problem(gen, torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result = solve(cost, reg=0.2, max_iter=5000, eps_scaling=None)  # not annealed: no value stop
+    assert result.converged and result.config["status"] == "converged"
+    for bad in (0.0, 1.5, "fast", -1e-3):
+        with pytest.raises(InvalidArgumentError, match="value_tol"):
+            solve(cost, reg=0.2, value_tol=bad)
+
+
+@pytest.mark.parametrize("remaining, expected", [(0.5, True), (2.0, False)])
+def test_value_settled_on_a_linearly_converging_sequence(remaining, expected):
+    """Value V - c rho^k and error rho^k: the estimate is conservative by (rho^-W - 1) / (W (1 - rho)) ~ 1.4."""
+    rho, tol, limit, window = 0.9, 1e-4, 1000.0, sinkhorn_module.VALUE_WINDOW
+    k = 30
+    # choose c so that the true remaining rise after sweep k, c rho^k, is `remaining` times tol * limit
+    c = remaining * tol * limit / rho**k
+    values = [limit - c * rho**i for i in range(k + 1)]
+    errors = [rho**i for i in range(k + 1)]
+    assert sinkhorn_module._value_settled(values, errors, tol) is expected
+    assert not sinkhorn_module._value_settled(values, [1.0] * (k + 1), tol)  # error not falling: never
+    assert not sinkhorn_module._value_settled(values[:window], errors[:window], tol)  # too short
+
+
 def test_float64_does_not_stall_where_float32_does(gen):
     cost = _small_reg_problem(gen, torch.float64)
-    result = solve(cost, reg=0.2, max_iter=5000, tol=1e-9)
+    result = solve(cost, reg=0.2, max_iter=5000, tol=1e-9, value_tol=None)
     assert result.converged and result.config["status"] == "converged"
     assert result.config["precision_floor"] < 1e-9
 

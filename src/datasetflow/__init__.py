@@ -7,10 +7,21 @@ once, in ``docs/architecture.md`` (a test reads it).
 from . import errors
 from .costs import CostOperator, DenseCost, OTDDCost
 from .data import ClassStats, LabeledDataset, load_dataset, load_npz
-from .distances import OTDDResult, WoWResult, mmd_sw, otdd, wow
+from .distances import (
+    DistanceMatrixResult,
+    OTDDResult,
+    SlicedResult,
+    WoWResult,
+    busemann,
+    distance_matrix,
+    mmd_sw,
+    otdd,
+    sotdd,
+    wow,
+)
 from .errors import DatasetflowError
 from .flows import FlowResult, run_flow
-from .functionals import Functional, energies, from_config, mmd_sw_to, otdd_to
+from .functionals import Functional, busemann_to, energies, from_config, mmd_sw_to, otdd_to, sotdd_to
 from .functionals.energies import *  # noqa: F403 - potentials, interactions and entropy
 from .labels import (
     ExactLabelCost,
@@ -51,6 +62,11 @@ __all__ = [
     "mmd_sw",
     "wow",
     "WoWResult",
+    "sotdd",
+    "busemann",
+    "distance_matrix",
+    "SlicedResult",
+    "DistanceMatrixResult",
     "mmd_sw_to",
     "DatasetflowError",
     "run_flow",
@@ -58,6 +74,8 @@ __all__ = [
     "Functional",
     "from_config",
     "otdd_to",
+    "sotdd_to",
+    "busemann_to",
     *energies.__all__,
     "errors",
     "__version__",

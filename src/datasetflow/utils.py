@@ -124,8 +124,8 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
     """Run the block with ``torch.use_deterministic_algorithms(enabled, warn_only=True)``, then restore.
 
     On the CPU this makes the scatter-adds of advanced-indexing backward passes independent of the
-    thread count and scheduling, so repeated runs are bit-identical; it costs no measurable time
-    on the library's flows (``docs/benchmarks.md``).
+    thread count and scheduling, so repeated runs are bit-identical. Its cost on a flow step is
+    measured by ``benchmarks/bench_flow.py`` (``docs/benchmarks.md``).
     """
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()

@@ -246,6 +246,19 @@ def join_world(device: str) -> Any:
     return init_from_env(device) if launched_world_size() > 1 else get_world()
 
 
+def leave_world(world: Any) -> None:
+    """Wait for every rank, then leave the process group (a rank that exits while gloo's threads still talk to
+    the others can abort them at interpreter exit)."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    from ..distributed import barrier
+
+    barrier(world)
+    dist.destroy_process_group()
+
+
 def on_main(world: Any, fn: Callable[[], Any]) -> None:
     """Run ``fn`` on rank 0 only; a library error it raises is raised on every rank (no rank waits forever)."""
     from ..distributed import barrier, broadcast_object

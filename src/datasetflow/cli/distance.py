@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import describe, jsonable, load_datasets, shape_text, to_float
+from .common import describe, join_world, jsonable, leave_world, load_datasets, shape_text, to_float
 
 __all__ = ["register", "run_distance", "summary_text"]
 
@@ -113,6 +113,19 @@ def run_distance(
     sliced = given.get("inner") in ("sliced", "sw")
     if projections is not None and not sliced:
         raise _error("--projections applies to --inner sliced only.")
+    import os
+    import warnings
+
+    from ..distributed import World, launched_world_size
+
+    reason = _unsharded_reason(method, given) if launched_world_size() > 1 else None
+    if reason is not None:  # torchrun, but settings that do not shard: rank 0 computes alone, no process group
+        if os.environ.get("RANK", "0") != "0":
+            return {}
+        warnings.warn(f"{reason}: rank 0 computes the distance alone, the other ranks exit.", stacklevel=2)
+        world = World()
+    else:
+        world = join_world(data["device"])  # torchrun: one process per rank, each with a shard of SOURCE
     src, tgt, load_seconds = load_datasets(source, target, data, seed)
     torch_device = src.x.device
     if sliced:
@@ -120,7 +133,20 @@ def run_distance(
 
         given["inner"] = SlicedLabelCost(n_projections=projections, seed=seed)
     start = time.perf_counter()
-    if method == "wow":
+    if world.distributed:
+        from ..data import shard
+
+        # every rank holds a shard of SOURCE and the whole TARGET: row-sharded Sinkhorn (docs/distributed.md)
+        result = otdd(shard(src, world), tgt, world=world, **given)
+        payload = jsonable(result.to_dict())
+        config = result.config
+        settings = {k: config[k] for k in ("inner", "outer", "debiased", "feature_weight", "label_weight")}
+        settings["reg"] = "auto" if config["reg_is_default"] else config["reg"]
+        settings["world_size"] = world.size
+        leave_world(world)
+        if not world.is_main:
+            return {}
+    elif method == "wow":
         result = wow(src, tgt, **given)
         payload = jsonable(result.to_dict())
         payload["label_distances"] = payload["class_costs"]
@@ -160,6 +186,22 @@ def run_distance(
         }
     )
     return payload
+
+
+def _unsharded_reason(method: str, given: dict[str, Any]) -> str | None:
+    """Why ``distance`` under torchrun cannot shard these settings (None: it shards the OTDD's rows)."""
+    from ..labels import get_label_cost
+
+    if method == "wow":
+        return "--method wow solves one small exact OT between classes, which does not split over ranks"
+    if given.get("outer", "sinkhorn") != "sinkhorn":
+        return "--outer exact (the network simplex) does not split over ranks; --outer sinkhorn does"
+    if given.get("label_weight", 1.0) > 0 and not get_label_cost(given.get("inner", "gaussian")).uses_stats:
+        return (
+            f"--inner {get_label_cost(given['inner']).name} compares class samples, which are spread over the ranks; "
+            "--inner gaussian (all-reduced class statistics) shards"
+        )
+    return None
 
 
 def register(cli: Any) -> None:
@@ -213,5 +255,8 @@ def register(cli: Any) -> None:
         data = {k: params.pop(k) for k in ("data_dir", "resize", "device", "dtype", "max_samples")}
         params["n_projections"] = params.pop("projections")
         payload = run_distance(source, target, method=method, options=params, data=data, seed=seed)
+        if not payload:  # another rank than 0 under torchrun: rank 0 prints
+            warnings._records.clear()  # noqa: SLF001 - the same package
+            return None
         payload["warnings"] = warnings.messages
         return json.dumps(payload, allow_nan=False) if as_json else summary_text(payload)

@@ -22,6 +22,7 @@ from .common import (
     gather_result,
     join_world,
     jsonable,
+    leave_world,
     load_datasets,
     on_main,
     progress_callback,
@@ -66,6 +67,8 @@ _MMD_SETTINGS = {
     "target_batch": "target_batch",
 }
 _JD_VL_SETTINGS = ("clustering", "recluster_every")
+#: ``--objective`` values that are sliced dataset distances (the term types of :mod:`datasetflow.functionals.sliced`).
+_SLICED_OBJECTIVES = ("sotdd", "busemann")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = (
     "source",
@@ -216,6 +219,18 @@ def resolve_terms(settings: dict[str, Any], origin: dict[str, str], where: str) 
             if given:
                 notes.append(", ".join("--" + k.replace("_", "-") for k in given) + " ignored: --objective mmd-sw.")
             terms = [{"type": "mmd_sw", "weight": 1.0, "seed": int(settings["seed"]), **mmd_options}]
+        elif objective in _SLICED_OBJECTIVES:
+            given = [
+                k
+                for k in (*_OTDD_SETTINGS, *_MMD_SETTINGS)
+                if k != "projections" and origin.get(k) in ("cli", "config")
+            ]
+            if given:
+                names = ", ".join("--" + k.replace("_", "-") for k in dict.fromkeys(given))
+                notes.append(f"{names} ignored: --objective {objective}.")
+            terms = [{"type": objective, "weight": 1.0, "seed": int(settings["seed"])}]
+            if settings.get("projections") is not None:
+                terms[0]["n_projections"] = settings["projections"]
         else:
             given = [k for k in _MMD_SETTINGS if k != "inner" and origin.get(k) in ("cli", "config")]
             if given:
@@ -509,6 +524,7 @@ def run_flow_command(
         close()
 
     result = gather_result(result, world)
+    leave_world(world)  # no more collectives; no rank aborts the others at exit
     if not world.is_main:  # rank 0 writes the outputs
         if diverged is not None:
             raise _error(str(diverged))
@@ -615,11 +631,12 @@ def register(cli: Any) -> None:
     )
     @click.option(
         "--objective",
-        type=click.Choice(["otdd", "mmd-sw"]),
+        type=click.Choice(["otdd", "mmd-sw", "sotdd", "busemann"]),
         default="otdd",
         show_default=True,
         help="otdd: OTDD^2/2 to TARGET (Wasserstein flow); mmd-sw: MMD^2/2 with a sliced-Wasserstein kernel "
-        "between the classes (WoW flow; classes weigh the same).",
+        "between the classes (WoW flow; classes weigh the same); sotdd: s-OTDD^2 (moment transform, jointly "
+        "standardised); busemann: SWB1DG^2 (Busemann-sliced); both with --projections fresh directions per step.",
     )
     @click.option(
         "--kernel",
@@ -640,7 +657,7 @@ def register(cli: Any) -> None:
         type=click.IntRange(min=1),
         default=None,
         metavar="L",
-        help="mmd-sw: number of directions, drawn afresh every step.  [default: 500]",
+        help="mmd-sw, sotdd, busemann: number of directions, drawn afresh every step.  [default: 500]",
     )
     @click.option(
         "--target-batch",
@@ -715,7 +732,8 @@ def register(cli: Any) -> None:
             - {type: ball, weight: 0.5, center: [0, 0], radius: 1.0}
             - {type: entropy, sigma: 0.01}
 
-        Term types: otdd, mmd_sw, ball, repulsion, quadratic_repulsion, collapse, hyperplane, norm, entropy.
+        Term types: otdd, mmd_sw, sotdd, busemann, ball, repulsion, quadratic_repulsion, collapse, hyperplane,
+        norm, entropy.
         """
         ctx = click.get_current_context()
         where = params["config"] or ""

@@ -3,6 +3,7 @@
 Commands::
 
     datasetflow distance SOURCE TARGET [options]   # OTDD between two datasets
+    datasetflow distance-matrix A B C ... [--method sotdd|busemann|busemann-gaussian|otdd] [--json] [--out DIR]
     datasetflow flow SOURCE TARGET --steps N --out DIR [options]   # gradient flow of a dataset
     datasetflow flow --config FILE.yaml [--out DIR] [options]      # the same, from a YAML file
     datasetflow repurpose [SOURCE TARGET] [options] # frozen classifier before/after a flow
@@ -48,7 +49,7 @@ def build_cli() -> Any:
     """The click command group (imports click; raises ImportError if it is missing)."""
     import click
 
-    from . import datasets, distance, flow, repurpose
+    from . import datasets, distance, distance_matrix, flow, repurpose
     from .options import OneLineGroup
 
     @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +57,7 @@ def build_cli() -> Any:
     def cli() -> None:
         """Optimal-transport dataset distances (OTDD) and gradient flows of labeled datasets."""
 
-    for module in (distance, flow, repurpose, datasets):
+    for module in (distance, distance_matrix, flow, repurpose, datasets):
         module.register(cli)
     return cli
 

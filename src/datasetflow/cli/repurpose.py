@@ -36,7 +36,7 @@ def _error(message: str) -> Exception:
 
 
 def load_classifier(spec: str | None, target: Any, device: Any) -> Any:
-    """The frozen classifier: the embedded MNIST LeNet-5 (``spec=None``) or a LeNet-5 state dict file."""
+    """The frozen classifier: the embedded MNIST LeNet-5 ensemble (``spec=None``) or a LeNet-5 state dict file."""
     import torch
 
     from ..models import MNIST_CLASSES, FrozenClassifier, LeNet5, pretrained_mnist_lenet5
@@ -149,7 +149,7 @@ def run_repurpose_command(params: dict[str, Any], *, warn: Callable[[str], None]
         **jsonable(result.to_dict()),
         "source": describe(source, params["source"]),
         "target": describe(target, params["target"]),
-        "classifier": params["classifier"] or "embedded MNIST LeNet-5",
+        "classifier": params["classifier"] or "embedded MNIST LeNet-5 ensemble",
         "load_seconds": load_seconds,
         "figures": figures,
     }
@@ -183,7 +183,7 @@ def register(cli: Any) -> None:
         type=click.Path(dir_okay=False),
         default=None,
         metavar="FILE.pt",
-        help="A LeNet5 state dict trained on TARGET's classes.  [default: the embedded MNIST LeNet-5]",
+        help="A LeNet5 state dict trained on TARGET's classes.  [default: the embedded MNIST LeNet-5 ensemble]",
     )
     @click.option(
         "--objective",
@@ -214,7 +214,7 @@ def register(cli: Any) -> None:
         """Flow SOURCE to TARGET and let a frozen classifier trained on TARGET classify SOURCE before and after.
 
         By default USPS (embedded subset, resized to 28x28) flows to MNIST (embedded subset) and the
-        embedded MNIST LeNet-5 scores it. Writes DIR/result.json, DIR/final.npz and figures (samples
+        embedded MNIST LeNet-5 ensemble scores it. Writes DIR/result.json, DIR/final.npz and figures (samples
         over the flow, objective, accuracy).
         """
         if params["resize"] is None and params["source"] == "usps-mini" and params["target"] == "mnist-mini":

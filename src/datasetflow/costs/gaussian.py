@@ -87,26 +87,62 @@ def _used_rows(factors: torch.Tensor) -> list[int]:
     return last.tolist()
 
 
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive integers in a sorted list, as ``(first, last + 1)``."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and runs[-1][1] == v:
+            runs[-1] = (runs[-1][0], v + 1)
+        else:
+            runs.append((v, v + 1))
+    return runs
+
+
+def _pair_products(factors1, factors2, pairs: list[tuple[int, int]], r1: int, r2: int) -> torch.Tensor:
+    r"""The products :math:`K = F_i F_j^\top` ``(P, r1, r2)`` of the class pairs ``pairs`` (cut to ``r1``, ``r2`` rows).
+
+    One GEMM per source class and run of consecutive target classes, ``(r1, d) @ (d, k r2)``: no gathered copy of
+    the factors (whose backward would be a scatter-add), and the same products when the two families are one.
+    """
+    second = factors2[:, :r2]
+    by_row: dict[int, list[int]] = {}
+    for i, j in pairs:
+        by_row.setdefault(i, []).append(j)
+    blocks, order = [], []
+    for i, cols in by_row.items():
+        for lo, hi in _runs(sorted(cols)):
+            right = second[lo:hi].reshape((hi - lo) * r2, -1)
+            product = factors1[i, :r1] @ right.mT  # (r1, (hi - lo) r2)
+            blocks.append(product.view(r1, hi - lo, r2).transpose(0, 1))
+            order.extend((i, j) for j in range(lo, hi))
+    stacked = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+    position = {pair: k for k, pair in enumerate(order)}
+    index = [position[pair] for pair in pairs]
+    if index == list(range(len(index))):
+        return stacked
+    return stacked[torch.tensor(index, device=stacked.device)]
+
+
 def _trace_terms(factors1, factors2, rows, cols, symmetric: bool) -> torch.Tensor:
     r""":math:`\|F_i F_j^\top\|_*` for the class pairs ``(rows[p], cols[p])``, ``(P,)``.
 
-    Each factor is cut to its used rows, and pairs of equal cut shapes are reduced in batches, so a
-    rank-500 class padded to 784 rows costs a 500-row product, not a 784-row one.
+    Each factor is cut to its used rows, and pairs of equal cut shapes are reduced in one batched nuclear
+    norm, so a rank-500 class padded to 784 rows costs a 500-row product, not a 784-row one. The products
+    are formed by :func:`_pair_products`.
     """
     used1 = _used_rows(factors1)
     used2 = used1 if symmetric else _used_rows(factors2)
     groups: dict[tuple[int, int], list[int]] = {}
-    for p, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+    pairs = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    for p, (i, j) in enumerate(pairs):
         groups.setdefault((max(used1[i], 1), max(used2[j], 1)), []).append(p)
     out = factors1.new_zeros(rows.numel())
-    for (r1, r2), pairs in groups.items():
-        pairs_t = torch.tensor(pairs, device=rows.device)
+    for (r1, r2), members in groups.items():
         step = max(1, _PAIR_BATCH_ELEMENTS // max(r1 * r2, min(r1, r2) ** 2, 1))
-        for start in range(0, len(pairs), step):
-            chunk = pairs_t[start : start + step]
-            left = factors1[rows[chunk], :r1]
-            right = factors2[cols[chunk], :r2]
-            out = out.index_put((chunk,), nuclear_norm(left @ right.mT))
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            products = _pair_products(factors1, factors2, [pairs[p] for p in chunk], r1, r2)
+            out = out.index_put((torch.tensor(chunk, device=rows.device),), nuclear_norm(products))
     return out
 
 

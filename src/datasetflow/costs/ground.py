@@ -258,13 +258,14 @@ class OTDDCost(CostOperator):
         return int(max(self.label_matrix.shape))
 
     def weighted_mean(self, a: torch.Tensor, b: torch.Tensor) -> float:
-        r"""Closed form :math:`\lambda_x(\overline{|x|^2} + \overline{|x'|^2} - 2 \bar x \cdot \bar x')
+        r"""Closed form :math:`\lambda_x(|b|\,\overline{|x|^2} + |a|\,\overline{|x'|^2} - 2 \bar x \cdot \bar x')
         + \lambda_y p^\top L q` (``p``, ``q`` the class masses)."""
         with torch.no_grad():
             x = self.x.detach() - self._shift
             xt = self.x_target.detach() - self._shift
             mean_x, mean_xt = a @ x, b @ xt
-            feature = a @ (x * x).sum(1) + b @ (xt * xt).sum(1) - 2.0 * mean_x @ mean_xt
+            # (masses not summing to 1, e.g. one rank's rows of a sharded problem, weigh the norms by the other side)
+            feature = b.sum() * (a @ (x * x).sum(1)) + a.sum() * (b @ (xt * xt).sum(1)) - 2.0 * mean_x @ mean_xt
             total = self.feature_weight * float(feature)
             if self.label_matrix is not None:
                 num1, num2 = self.label_matrix.shape

@@ -15,6 +15,11 @@ Both are batched over leading dimensions.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from ..data.moments import eigenvalue_floor
@@ -23,12 +28,56 @@ from ..utils import lapack_threads
 __all__ = ["psd_sqrt", "nuclear_norm", "safe_sqrt"]
 
 
+#: Batches of dense eigenproblems smaller than this many matrices per worker stay on one thread.
+_MIN_MATRICES_PER_WORKER = 4
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads (one per distinct size and process, created on first use).
+
+    Keyed by the process id too: a forked child inherits the parent's executor without its threads, and
+    work submitted to it would never run.
+    """
+    key = (os.getpid(), workers)
+    with _POOL_LOCK:
+        if key not in _POOL:
+            _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datasetflow-eigh")
+        return _POOL[key]
+
+
+def batched_eigen(solver: Callable, matrices: torch.Tensor):
+    """``solver(matrices)`` (``torch.linalg.eigh`` or ``eigvalsh`` of ``(..., n, n)``), the batch split over threads.
+
+    LAPACK's symmetric eigensolvers run single-threaded (:func:`~datasetflow.utils.lapack_threads`: their
+    per-step thread synchronisation is slow on a busy machine). On the CPU with ``torch.get_num_threads() > 1``
+    a large batch is cut into that many contiguous chunks solved concurrently, each by one single-threaded
+    LAPACK call (torch releases the GIL). A batched solver handles each matrix independently, so the result
+    is bit-identical to one call, and deterministic. Other devices, small batches and one thread: one call.
+    """
+    threads = torch.get_num_threads()
+    batch = matrices.shape[:-2].numel()
+    workers = min(threads, batch // _MIN_MATRICES_PER_WORKER)
+    if matrices.device.type != "cpu" or matrices.ndim < 3 or workers < 2:
+        with lapack_threads(matrices):
+            return solver(matrices)
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
+    with lapack_threads(matrices):
+        parts = list(_pool(workers).map(solver, flat.chunk(workers)))
+    shape = matrices.shape[:-2]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts).reshape(*shape, -1)
+    values = torch.cat([p[0] for p in parts]).reshape(*shape, -1)
+    vectors = torch.cat([p[1] for p in parts]).reshape(matrices.shape)
+    return values, vectors
+
+
 class _PsdSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
         sym = 0.5 * (matrix + matrix.mT).to(torch.float64)
-        with lapack_threads(sym):
-            eigenvalues, eigenvectors = torch.linalg.eigh(sym)
+        eigenvalues, eigenvectors = batched_eigen(torch.linalg.eigh, sym)
         tol = eigenvalue_floor(eigenvalues)
         roots = torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues)).sqrt()
         ctx.save_for_backward(roots, eigenvectors)
@@ -52,12 +101,10 @@ class _NuclearNorm(torch.autograd.Function):
         k64 = matrix.to(torch.float64)
         gram = k64 @ k64.mT if rows <= cols else k64.mT @ k64
         if not ctx.needs_input_grad[0]:  # eigenvalues only: about twice as fast
-            with lapack_threads(gram):
-                eigenvalues = torch.linalg.eigvalsh(gram)
+            eigenvalues = batched_eigen(torch.linalg.eigvalsh, gram)
             positive = eigenvalues > eigenvalue_floor(eigenvalues)
             return torch.where(positive, eigenvalues, 0.0).sqrt().sum(dim=-1).to(matrix.dtype)
-        with lapack_threads(gram):
-            eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        eigenvalues, eigenvectors = batched_eigen(torch.linalg.eigh, gram)
         positive = eigenvalues > eigenvalue_floor(eigenvalues)
         roots = torch.where(positive, eigenvalues, 0.0).sqrt()
         inv_roots = torch.where(positive, 1.0 / roots.clamp_min(torch.finfo(roots.dtype).tiny), 0.0)

@@ -36,16 +36,17 @@ __all__ = ["mmd_sw", "class_masses", "mmd_from_summaries", "kernel_label_cost"]
 def class_masses(dataset: LabeledDataset, *, argument: str = "dataset") -> torch.Tensor:
     """``(C,)`` class masses :math:`p_c`, after checking the weights are uniform inside each class."""
     counts = dataset.class_counts()
-    masses = dataset.class_weights()
-    expected = (masses / counts.to(masses.dtype))[dataset.y]
     w = dataset.weights
-    if not torch.allclose(w, expected, rtol=1e-5, atol=1e-12 / max(len(w), 1)):
+    # summed in float64: a float32 sum over a large class drifts by more than the tolerance below
+    masses = torch.zeros(dataset.num_classes, dtype=torch.float64, device=w.device).index_add(0, dataset.y, w.double())
+    expected = (masses / counts.to(masses.dtype))[dataset.y]
+    if not torch.allclose(w.double(), expected, rtol=1e-5, atol=1e-12 / max(len(w), 1)):
         raise InvalidArgumentError(
             f"{argument} has sample weights that differ inside a class; the class-mixture (WoW) view treats each "
             "class as the uniform cloud of its samples, so only class masses may differ. Use "
             f"{argument}.with_class_weights(...) (e.g. 'uniform' or 'proportional')."
         )
-    return masses
+    return masses.to(w.dtype)
 
 
 def kernel_label_cost(

@@ -26,10 +26,13 @@ import torch
 from ..costs.ground import OTDDCost
 from ..costs.linalg import safe_sqrt
 from ..data.dataset import ClassStats, LabeledDataset, json_name
+from ..data.sharding import sharded_class_stats
+from ..distributed.comm import World, all_reduce_sum, gather_rows, get_world, mark_replicated
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..labels.costs import LabelCost, get_label_cost
-from ..solvers.api import DEFAULT_RELATIVE_REG, METHODS, relative_reg, solve
+from ..solvers.api import DEFAULT_RELATIVE_REG, METHODS, choose_backend, relative_reg, solve
 from ..solvers.result import OTResult
+from ..solvers.sharded import sharded_sinkhorn
 
 __all__ = ["otdd", "OTDDResult", "DEFAULT_INNER", "DEFAULT_OUTER"]
 
@@ -118,6 +121,8 @@ def otdd(
     target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
     target_summary: Any = None,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    world: World | None = None,
+    value_tol: float | str | None = "auto",
     rank: int | None = None,
     batch_size: int | None = None,
     n_batches: int | None = None,
@@ -176,6 +181,17 @@ def otdd(
             step's ``result.potentials`` in a flow).
         eps_scaling: Sinkhorn epsilon-annealing factor, None, or ``"auto"`` (default: anneal by 0.5
             only when ``reg`` is below 0.5 % of the cost scale; Anderson acceleration does better above).
+        world: the ranks ``source`` is sharded over (:class:`~datasetflow.distributed.World`; default:
+            single-process). With several ranks, ``source`` is this rank's shard (global weights, every
+            class listed, :func:`~datasetflow.data.sharding.shard`) and ``target`` the same on every rank;
+            the outer problem is solved by row-sharded Sinkhorn
+            (:func:`~datasetflow.solvers.sharded.sharded_sinkhorn`), the label distances come from the
+            all-reduced class statistics (:func:`~datasetflow.data.sharding.sharded_class_stats`, so
+            ``inner`` must be a statistics-based label cost, the Gaussian one), and the result is the OTDD of
+            all shards together, the same on every rank, differentiable in this rank's features
+            (``potentials``: this rank's ``f`` rows and the whole ``g``). ``outer="sinkhorn"`` only.
+        value_tol: Sinkhorn's value-based stop for annealed (small-``reg``) solves, see
+            :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None iterates until ``tol`` or the precision floor.
         rank: ``outer="lowrank"``: the rank (see :func:`~datasetflow.solvers.api.solve`).
         batch_size, n_batches, seed, generator, disjoint: ``outer="minibatch"`` (``seed`` also seeds the
             low-rank initial factors); see :func:`~datasetflow.solvers.minibatch.minibatch_ot`.
@@ -208,6 +224,27 @@ def otdd(
     label_cost = get_label_cost(inner)
     if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
         target = target.to(device=source.x.device, dtype=source.x.dtype)
+    world = World() if world is None else get_world(world)
+    if world.distributed:
+        return _sharded_otdd(
+            source,
+            target,
+            world,
+            label_cost,
+            reg=reg,
+            debiased=debiased,
+            feature_weight=feature_weight,
+            label_weight=label_weight,
+            stats_given=source_stats is not None or target_stats is not None,
+            relative_reg_fraction=relative_reg_fraction,
+            solver={"max_iter": max_iter or 1000, "tol": 1e-5 if tol is None else tol, "grad": grad},
+            backend=backend,
+            eps_scaling=eps_scaling,
+            target_self=target_self,
+            target_summary=target_summary,
+            potentials_init=potentials_init,
+            outer=outer,
+        )
 
     same = source is target and source_stats is target_stats
     label_matrix = self_matrices = None
@@ -270,13 +307,50 @@ def otdd(
         eps_scaling=eps_scaling,
         known_self_values=None if target_self is None else (None, target_self[1]),
         potentials_init=potentials_init if outer == "sinkhorn" else None,
+        value_tol=value_tol,
         **options,
     )
+    weights = (feature_weight, label_weight)
+    if label_matrix is None:
+        label_matrix = label_cost.between(source, target, source_stats=source_stats, target_stats=target_stats)
+    return _result(
+        source,
+        target,
+        result,
+        label_cost,
+        label_matrix,
+        self_matrices,
+        outer,
+        eps,
+        reg,
+        debiased,
+        weights,
+        None,
+        options,
+    )
+
+
+def _result(
+    source,
+    target,
+    result,
+    label_cost,
+    label_matrix,
+    self_matrices,
+    outer,
+    eps,
+    reg,
+    debiased,
+    weights,
+    n_source=None,
+    options=None,
+):
+    """The :class:`OTDDResult` of a solved outer problem (``weights``: the feature and label weights;
+    ``options``: the low-rank or minibatch solver's settings, recorded in ``config``)."""
+    feature_weight, label_weight = weights
     # the debiased divergence can come out slightly below 0 (round-off near identical datasets): report 0,
     # keep the raw value (and its gradient) in result.ot.value
     distance_squared = result.value.clamp_min(0)
-    if label_matrix is None:
-        label_matrix = label_cost.between(source, target, source_stats=source_stats, target_stats=target_stats)
     config = {
         "inner": label_cost.name,
         "label_cost": repr(label_cost),
@@ -286,10 +360,10 @@ def otdd(
         "debiased": bool(debiased and outer == "sinkhorn"),
         "feature_weight": feature_weight,
         "label_weight": label_weight,
-        "n_source": len(source),
+        "n_source": len(source) if n_source is None else n_source,
         "n_target": len(target),
         "dim": source.dim,
-        **{k: v for k, v in options.items() if k != "generator"},
+        **{k: v for k, v in (options or {}).items() if k != "generator"},
     }
     return OTDDResult(
         distance_squared=distance_squared,
@@ -300,4 +374,113 @@ def otdd(
         ot=result,
         self_label_distances=self_matrices,
         config=config,
+    )
+
+
+def _sharded_otdd(
+    source: LabeledDataset,
+    target: LabeledDataset,
+    world: World,
+    label_cost: LabelCost,
+    *,
+    reg,
+    debiased,
+    feature_weight,
+    label_weight,
+    stats_given,
+    relative_reg_fraction,
+    solver,
+    backend,
+    eps_scaling,
+    target_self,
+    target_summary,
+    potentials_init,
+    outer,
+) -> OTDDResult:
+    """:func:`otdd` with ``source`` sharded over ``world`` (see its ``world`` argument)."""
+    if outer != "sinkhorn":
+        raise InvalidArgumentError(
+            f"a sharded OTDD needs outer='sinkhorn' (row-sharded Sinkhorn), got outer={outer!r}: the network simplex "
+            "does not split over ranks."
+        )
+    if stats_given:
+        raise InvalidArgumentError(
+            "source_stats/target_stats are not supported with sharded particles (the statistics are all-reduced)."
+        )
+    if label_weight > 0 and not label_cost.uses_stats:
+        raise InvalidArgumentError(
+            f"a sharded OTDD computes label distances from all-reduced class statistics, so inner must be a "
+            f"statistics-based label cost ('gaussian'); got {label_cost!r}."
+        )
+    debiased = bool(debiased)
+    label_matrix = source_labels = target_labels = None
+    if label_cost.uses_stats:
+        # the class statistics of all shards together, then label distances that are the same on every rank
+        first = label_cost.summarize(stats=sharded_class_stats(source, world, unbiased=label_cost.unbiased))
+        second = target_summary if target_summary is not None else label_cost.summarize(target)
+        label_matrix = label_cost.pairwise(first, second)
+        if debiased and label_weight > 0:
+            source_labels = label_cost.pairwise(first)
+            target_labels = target_self[0] if target_self is not None else label_cost.pairwise(second)
+    options = {"feature_weight": feature_weight, "label_weight": label_weight}
+
+    def replicated(matrix):  # consumed by this rank's rows only: its gradient is summed over the ranks
+        return None if matrix is None else mark_replicated(matrix, world)
+
+    used = label_matrix if label_weight > 0 else None
+    cost = OTDDCost(source.x, target.x, source.y, target.y, replicated(used), **options)
+    a, b = source.weights, target.weights
+    self_costs = all_weights = None
+    if debiased:
+        x_all, _ = gather_rows(source.x.detach(), world)
+        y_all, _ = gather_rows(source.y, world)
+        all_weights, _ = gather_rows(a.detach(), world)
+        # rows of the symmetric self-cost against every source point (constants): the gradient of
+        # OT(rho, rho) at x_k is twice its row part, so the rows enter as x + (x - x.detach()) (the same
+        # value, twice the feature gradient); the label matrix keeps its single gradient
+        rows = source.x + (source.x - source.x.detach())
+        self_costs = (
+            OTDDCost(rows, x_all, source.y, y_all, replicated(source_labels), **options),
+            OTDDCost(target.x, target.x, target.y, target.y, target_labels, **options),
+        )
+    if reg is None:
+        mean = torch.tensor([cost.weighted_mean(a.detach(), b.detach())], dtype=torch.float64, device=a.device)
+        eps = relative_reg(None, float(all_reduce_sum(mean, world)), relative_reg_fraction)
+    else:
+        eps = reg
+    result = sharded_sinkhorn(
+        cost,
+        a,
+        b,
+        eps,
+        world,
+        **solver,
+        eps_scaling=eps_scaling,
+        backend=choose_backend(backend, cost.shape, cost.dtype),
+        debiased=debiased,
+        self_costs=self_costs,
+        all_weights=all_weights,
+        potentials_init=potentials_init,
+        known_self_values=None if target_self is None else (None, target_self[1]),
+    )
+    if label_matrix is None:  # label_weight = 0 with a cost that compares class samples: no label distances
+        label_matrix = torch.full(
+            (source.num_classes, target.num_classes), float("nan"), dtype=source.x.dtype, device=source.x.device
+        )
+    self_matrices = (source_labels, target_labels) if debiased and label_weight > 0 else None
+    total = int(all_reduce_sum(torch.tensor([float(len(source))], dtype=torch.float64, device=a.device), world))
+    weights = (feature_weight, label_weight)
+    return _result(
+        source,
+        target,
+        result,
+        label_cost,
+        label_matrix,
+        self_matrices,
+        outer,
+        eps,
+        reg,
+        debiased,
+        weights,
+        n_source=total,
     )

@@ -219,12 +219,25 @@ def collective(world: World, what: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- collectives
+def _comm_device(group: Any) -> torch.device | None:
+    """The device NCCL needs for this group's tensors (this rank's GPU); None for gloo (any device)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
+def _reduced_copy(tensor: torch.Tensor, group: Any, op: Any = None) -> torch.Tensor:
+    """An all-reduced copy of ``tensor`` on ``tensor``'s device (moved to the GPU and back under NCCL)."""
+    device = _comm_device(group)
+    out = tensor.detach().clone() if device is None or tensor.device == device else tensor.detach().to(device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    return out.to(tensor.device)
+
+
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
-        out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
+        return _reduced_copy(tensor, group)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
@@ -247,9 +260,7 @@ class _Replicated(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        return _reduced_copy(grad_output.contiguous(), ctx.group), None
 
 
 def mark_replicated(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -267,10 +278,8 @@ def mark_replicated(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def _reduce(tensor: torch.Tensor, world: World, op: Any, what: str) -> torch.Tensor:
     if not world.distributed:
         return tensor
-    out = tensor.detach().clone()
     with collective(world, what):
-        dist.all_reduce(out, op=op, group=world.group)
-    return out
+        return _reduced_copy(tensor, world.group, op)
 
 
 def all_reduce_max(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -291,16 +300,17 @@ def gather_rows(tensor: torch.Tensor, world: World) -> tuple[torch.Tensor, list[
     """
     if not world.distributed:
         return tensor, [tensor.shape[0]]
+    device = _comm_device(world.group) or tensor.device
     with collective(world, "an all-gather"):
-        count = torch.tensor([tensor.shape[0]], device=tensor.device)
+        count = torch.tensor([tensor.shape[0]], device=device)
         counts = [torch.zeros_like(count) for _ in range(world.size)]
         dist.all_gather(counts, count, group=world.group)
         sizes = [int(c) for c in counts]
-        padded = tensor.detach().new_zeros((max(sizes), *tensor.shape[1:]))
+        padded = tensor.detach().new_zeros((max(sizes), *tensor.shape[1:]), device=device)
         padded[: tensor.shape[0]] = tensor.detach()
         parts = [torch.empty_like(padded) for _ in range(world.size)]
         dist.all_gather(parts, padded, group=world.group)
-    pieces = [p[:s] for p, s in zip(parts, sizes, strict=True)]
+    pieces = [p[:s].to(tensor.device) for p, s in zip(parts, sizes, strict=True)]
     pieces[world.rank] = tensor
     return torch.cat(pieces), sizes
 

@@ -334,7 +334,8 @@ def run_flow(
         divergence: True (default) adds a :class:`~datasetflow.flows.callbacks.DivergenceGuard` with
             its defaults, False none, or give one. NaN/Inf is always caught.
         deterministic: run with ``torch.use_deterministic_algorithms`` so that repeated runs are
-            bit-identical whatever the thread count (default True; no measurable cost on the CPU).
+            bit-identical on the same machine and thread count (default True; its cost is measured by
+            ``benchmarks/bench_flow.py``).
         group: a ``torch.distributed`` process group (or :class:`~datasetflow.distributed.World`); by
             default the default group when one is initialised. With several ranks, ``initial`` is this
             rank's shard (weights summing to 1 over all ranks, the same ``classes`` everywhere, see

@@ -15,11 +15,13 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
+from ..data.sharding import sharded_class_stats
 from ..distances.mmd import class_masses, kernel_label_cost, mmd_from_summaries
+from ..distributed.comm import World, all_reduce_sum
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ..labels.costs import LabelCost, SlicedLabelCost
+from ..labels.costs import ClassQuantiles, LabelCost, SlicedLabelCost
 from ..labels.kernels import SWKernel, get_kernel
-from ..solvers.sliced import draw_directions
+from ..solvers.sliced import check_n_projections, draw_directions, sketch_class_quantiles
 from .base import Functional, Particles
 
 __all__ = ["MMDSWToTarget", "mmd_sw_to"]
@@ -45,6 +47,12 @@ class MMDSWToTarget(Functional):
             every target class is drawn at every step (the same number per class: equal class
             sizes keep the sliced distances on their fast path).
         seed: seed of the directions and minibatches (their generator is checkpointed).
+        quantiles: if set (``Q``, e.g. 256), the particles' classes are summarised by mergeable quantile
+            sketches on ``Q`` bins (:func:`~datasetflow.solvers.sliced.sketch_class_quantiles`): sharded
+            particles then exchange :math:`O(C L Q)` numbers per step instead of :math:`O(n L)`. Each class's
+            :math:`\mathrm{SW}_2` moves by at most :math:`\delta_c`, so for the Riesz kernel the value moves by at
+            most :math:`2\sum_c p_c \delta_c`, recorded in :attr:`last_error_bound` after every evaluation (other
+            kernels: times their Lipschitz constant in :math:`\mathrm{SW}_2`). Sliced label cost only.
 
     The target-target term :math:`\sum q q' K(\nu, \nu')` does not depend on the particles.
     With fixed directions (``projections`` given or ``resample=False``) and no minibatch it is
@@ -52,9 +60,16 @@ class MMDSWToTarget(Functional):
     directions (or a target minibatch) it is recomputed from the same step's sorted target
     projections, which that step needs anyway (one extra ``C' x C'`` block of the Gram product),
     so that the logged value is the exact MMD for that step's directions and never negative.
+
+    Sharded particles (``state.world.size > 1``): the directions and target minibatches are drawn from the
+    same seed on every rank; the ``(n_r, L)`` projections of every shard are all-gathered (padded), so every
+    rank sorts all classes and computes the same value, with the gradient of its own particles. A statistics
+    label cost (``inner="gaussian"``) uses all-reduced class statistics instead. See ``docs/distributed.md``.
     """
 
     name = "mmd_sw"
+    #: sharded particles (exact mode): every rank's sorted class projections are all-gathered, ``O(n L)`` numbers
+    supports_sharding = True
 
     def __init__(
         self,
@@ -69,6 +84,7 @@ class MMDSWToTarget(Functional):
         resample: bool = True,
         target_batch: int | None = None,
         seed: int = 0,
+        quantiles: int | None = None,
     ) -> None:
         if not isinstance(target, LabeledDataset):
             raise InvalidArgumentError(f"target must be a LabeledDataset, got {type(target).__name__}.")
@@ -87,6 +103,11 @@ class MMDSWToTarget(Functional):
             isinstance(target_batch, bool) or not isinstance(target_batch, int) or target_batch < 1
         ):
             raise InvalidArgumentError(f"target_batch must be a positive int or None, got {target_batch!r}.")
+        if quantiles is not None and not self.sliced:
+            raise InvalidArgumentError("quantiles (sketched class summaries) apply to the sliced label cost only.")
+        self.quantiles = None if quantiles is None else check_n_projections(quantiles)
+        #: with ``quantiles``: the bound on the change of the value the sketches make (Riesz kernel), or None
+        self.last_error_bound: float | None = None
         self.projections = projections
         self.resample, self.target_batch, self.seed = bool(resample), target_batch, int(seed)
         self.reset()
@@ -176,7 +197,21 @@ class MMDSWToTarget(Functional):
         picked = torch.cat([order[s : s + t] for s, t in zip(starts.tolist(), take.tolist(), strict=True)])
         return target.take(picked)
 
-    def _summary(self, dataset: LabeledDataset, directions: torch.Tensor | None) -> Any:
+    def _summary(self, dataset: LabeledDataset, directions: torch.Tensor | None, world: World | None = None) -> Any:
+        if world is not None and self.quantiles is not None:
+            sketch = sketch_class_quantiles(
+                dataset.x, dataset.y, dataset.num_classes, directions, world, bins=self.quantiles, p=self.kernel.order
+            )
+            self._class_error = sketch.class_error
+            return ClassQuantiles(sketch.sorted, directions)
+        if world is not None and world.distributed:
+            if self.sliced:
+                return self.label_cost.summarize(dataset, directions=directions, world=world)
+            if self.label_cost.uses_stats:
+                return self.label_cost.summarize(stats=sharded_class_stats(dataset, world))
+            raise InvalidArgumentError(
+                f"sharded particles need the sliced or a statistics-based label cost, got {self.label_cost!r}."
+            )
         return (
             self.label_cost.summarize(dataset, directions=directions)
             if self.sliced
@@ -194,8 +229,10 @@ class MMDSWToTarget(Functional):
             self._target_cache = None
         self._prepare(x)
         masses = class_masses(data, argument="the flowed dataset")
+        if state.world.distributed:
+            masses = all_reduce_sum(masses.detach(), state.world)
         theta = self._directions(x)
-        source_summary = self._summary(data, theta)
+        source_summary = self._summary(data, theta, state.world)
         fixed_target = self.target_batch is None and (
             not self.sliced or self.projections is not None or not self.resample
         )
@@ -217,6 +254,9 @@ class MMDSWToTarget(Functional):
         )
         if fixed_target:
             self._target_term = target_term.detach()
+        if self.quantiles is not None:
+            bound = 2.0 * float(masses.detach().double() @ self._class_error.to(masses.device))
+            self.last_error_bound = bound if self.kernel.name == "riesz" else None
         return value
 
 

@@ -62,6 +62,8 @@ class OTDDToTarget(Functional):
     """
 
     name = "otdd"
+    #: sharded particles: row-sharded Sinkhorn, label distances from all-reduced class statistics (``otdd(world=)``)
+    supports_sharding = True
 
     def __init__(
         self,
@@ -185,6 +187,13 @@ class OTDDToTarget(Functional):
             if options["outer"] == "minibatch":
                 options["generator"] = generator
                 options["disjoint"] = True
+            world = state.world
+            if self.particle_batch is not None and world is not None and world.distributed:
+                raise InvalidArgumentError(
+                    f"otdd_to(particle_batch={self.particle_batch}) draws particles from one process's shard; it is "
+                    "not supported on particles sharded over ranks (target_batch= is: every rank draws the same "
+                    "target minibatch)."
+                )
             if self.particle_batch is not None and self.particle_batch < len(source):
                 full = len(source)
                 source = self._draw(source, self.particle_batch, generator)
@@ -208,6 +217,7 @@ class OTDDToTarget(Functional):
                     (cache["target_labels"], cache["target_value"]) if debiased and fixed_reg and fixed_target else None
                 ),
                 potentials_init=(cache["f"], cache["g"]) if sinkhorn and warm else None,
+                world=state.world,
                 **options,
             )
         except RegularizationError as exc:
@@ -228,7 +238,9 @@ class OTDDToTarget(Functional):
                 cache["target_value"] = result.ot.self_values[1]
         if sinkhorn and result.ot.potentials is not None and not self.stochastic:
             cache["f"], cache["g"] = result.ot.potentials
-        value = 0.5 * result.distance_squared
+        # the raw OT value, not the distance clamped at 0: near the target a debiased value can dip
+        # below 0 by round-off, and the clamp would zero the gradient there
+        value = 0.5 * result.ot.value
         if scale != 1.0:  # the value of the drawn particles, with gradients scaled by particle_batch / n
             value = value.detach() + scale * (value - value.detach())
         return value

@@ -443,7 +443,8 @@ class SlicedLabelCost(LabelCost):
             dtype and device) is projected on the same directions.
         projections: explicit ``(L, d)`` directions instead (used as given).
 
-    :meth:`summarize` also takes ``directions=`` (e.g. fresh directions at every flow step).
+    :meth:`summarize` also takes ``directions=`` (e.g. fresh directions at every flow step) and ``world=``
+    (a dataset sharded over ranks: the classes of all shards, see :func:`~datasetflow.solvers.sliced.sort_classes`).
     """
 
     name = "sliced"
@@ -477,7 +478,7 @@ class SlicedLabelCost(LabelCost):
         return draw_directions(self.n_projections, dim, generator=generator, dtype=like.dtype, device=like.device)
 
     def summarize(  # noqa: D102
-        self, dataset=None, *, stats=None, directions: torch.Tensor | None = None
+        self, dataset=None, *, stats=None, directions: torch.Tensor | None = None, world: Any = None
     ) -> ClassQuantiles:
         _refuse_stats(self, stats)
         if dataset is None:
@@ -486,7 +487,7 @@ class SlicedLabelCost(LabelCost):
             directions = self.directions(dataset.dim, dataset.x)
         else:
             directions = check_projections(directions, dataset.dim, like=dataset.x)
-        return ClassQuantiles(sort_classes(dataset.x, dataset.y, dataset.num_classes, directions), directions)
+        return ClassQuantiles(sort_classes(dataset.x, dataset.y, dataset.num_classes, directions, world), directions)
 
     def _compare(self, first: ClassQuantiles, second: ClassQuantiles | None) -> torch.Tensor:
         if second is None:

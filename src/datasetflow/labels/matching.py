@@ -9,8 +9,10 @@ r"""Class matching: the two operations every part of the library that pairs clas
   :math:`\sum_i S_{i\sigma(i)}`; when ``C1 > C2`` the rows left over get ``-1``.
 
 On top of them: :func:`label_distance_matrix` (the OTDD label distances), :func:`class_correspondence`
-(the paper's §6.4 coupling of two datasets' classes) and :func:`match_classes` (a hard, one-to-one
-naming of classes after others).
+(the paper's §6.4 coupling of two datasets' classes), :func:`match_classes` (a hard, one-to-one
+naming of classes after others) and :func:`clustering_accuracy` (the share of samples whose
+predicted class is the one-to-one Hungarian name of their true class; the many-to-one rule is
+available only under its own name).
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ __all__ = [
     "label_distance_matrix",
     "class_correspondence",
     "match_classes",
+    "confusion_counts",
+    "clustering_accuracy",
     "COUPLING_METHODS",
+    "SCORING_RULES",
 ]
 
 COUPLING_METHODS = ("exact", "sinkhorn")
+SCORING_RULES = ("one-to-one", "many-to-one")
 
 
 def class_coupling(
@@ -179,3 +185,72 @@ def match_classes(cost: torch.Tensor, *, maximize: bool = False) -> torch.Tensor
         best = matrix.argmax(1) if maximize else matrix.argmin(1)
         assigned = torch.where(left, best.to(assigned.device), assigned)
     return assigned
+
+
+def confusion_counts(
+    truth: torch.Tensor, predicted: torch.Tensor, n_true: int | None = None, n_predicted: int | None = None
+) -> torch.Tensor:
+    r"""``(C, C')`` float64 counts :math:`N_{cj} = \#\{i : y_i = c,\ \hat y_i = j\}` (on the CPU).
+
+    Args:
+        truth: ``(n,)`` integer labels in ``0..C-1``.
+        predicted: ``(n,)`` integer labels in ``0..C'-1``.
+        n_true, n_predicted: ``C`` and ``C'`` (default: one more than the largest label).
+    """
+    truth, predicted = torch.as_tensor(truth).long().cpu().flatten(), torch.as_tensor(predicted).long().cpu().flatten()
+    if truth.shape != predicted.shape:
+        raise ShapeMismatchError(
+            f"truth and predicted must have the same length, got {tuple(truth.shape)} and {tuple(predicted.shape)}."
+        )
+    if len(truth) and (int(truth.min()) < 0 or int(predicted.min()) < 0):
+        raise InvalidArgumentError("truth and predicted must be non-negative class indices.")
+    rows = n_true if n_true is not None else int(truth.max()) + 1 if len(truth) else 0
+    cols = n_predicted if n_predicted is not None else int(predicted.max()) + 1 if len(predicted) else 0
+    counts = torch.zeros(rows, cols, dtype=torch.float64)
+    counts.index_put_((truth, predicted), torch.ones(len(truth), dtype=torch.float64), accumulate=True)
+    return counts
+
+
+def clustering_accuracy(
+    truth: torch.Tensor,
+    predicted: torch.Tensor,
+    *,
+    rule: str = "one-to-one",
+    n_true: int | None = None,
+    n_predicted: int | None = None,
+) -> tuple[float, torch.Tensor]:
+    r"""Accuracy of predicted labels against true labels whose names differ, under a naming of the true classes.
+
+    With the confusion counts :math:`N` (:func:`confusion_counts`) of ``n`` samples:
+
+    * ``"one-to-one"`` (default; the clustering accuracy): :math:`\max_\sigma \frac1n \sum_c N_{c\sigma(c)}`
+      over injective namings :math:`\sigma` of true classes after predicted ones (Hungarian algorithm,
+      :func:`assign_one_to_one`); with more true classes than predicted ones, the classes left over
+      count as wrong.
+    * ``"many-to-one"``: :math:`\frac1n \sum_c \max_j N_{cj}`, every true class named after its most
+      frequent prediction. Several true classes may take the same name, so it rewards a predictor
+      that puts everything in few classes; report it only next to the one-to-one score.
+
+    Args:
+        truth: ``(n,)`` true class indices.
+        predicted: ``(n,)`` predicted class (or cluster) indices.
+        rule: ``"one-to-one"`` or ``"many-to-one"``.
+        n_true, n_predicted: numbers of classes (default from the labels).
+
+    Returns:
+        ``(accuracy, naming)``: a float in ``[0, 1]`` and the ``(C,)`` long tensor of the predicted class
+        each true class is named after (``-1`` for classes left unnamed by the one-to-one rule).
+    """
+    check_choice("rule", rule, SCORING_RULES)
+    counts = confusion_counts(truth, predicted, n_true, n_predicted)
+    total = float(counts.sum())
+    if total == 0:
+        raise InvalidArgumentError("clustering_accuracy needs at least one sample.")
+    if rule == "one-to-one":
+        naming = assign_one_to_one(counts, maximize=True)
+        named = naming >= 0
+        hits = counts[torch.nonzero(named).flatten(), naming[named]].sum()
+    else:
+        naming = counts.argmax(1)
+        hits = counts.max(1).values.sum()
+    return float(hits) / total, naming

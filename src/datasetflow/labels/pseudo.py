@@ -2,7 +2,9 @@ r"""Pseudo-labels for unlabeled data (paper §6.3, §7.3 and Appendix C).
 
 "If no labels are available at all, we propose to generate pseudo-labels for the flow [...] by
 clustering the initial data and using the identities of the clusters as imputed labels."
-:func:`pseudo_labels` clusters features (optionally in a PCA or network embedding) with k-means;
+:func:`pseudo_labels` clusters features (optionally in an embedding: PCA, HOG, an autoencoder
+trained on the samples, UMAP, chains of them such as ``"hog+umap"``, or a network's features) with
+k-means or a Gaussian mixture;
 :func:`align_pseudo_labels` renames the clusters after the classes of a reference dataset by a
 minimum-cost matching, "so as to allow accuracy computation" (App. C).
 """
@@ -18,12 +20,13 @@ from ..data.dataset import LabeledDataset, check_dataset_pair, features_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..utils import batched, check_choice, check_matrix, check_positive_int, missing_extra, module_placement, seeded
 from .costs import LabelCost
+from .embeddings import autoencoder_codes, hog_features, umap_embedding
 from .matching import label_distance_matrix, match_classes
 
 __all__ = ["pseudo_labels", "align_pseudo_labels", "embed", "CLUSTERING_METHODS", "EMBEDDINGS", "ALIGN_COSTS"]
 
-CLUSTERING_METHODS = ("kmeans",)
-EMBEDDINGS = ("pca",)
+CLUSTERING_METHODS = ("kmeans", "gmm")
+EMBEDDINGS = ("pca", "hog", "autoencoder", "umap")
 ALIGN_COSTS = ("otdd", "means")
 
 
@@ -34,28 +37,40 @@ def embed(
     n_components: int = 50,
     seed: int = 0,
     batch_size: int = 1024,
+    feature_shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     r"""Features ``(n, d)`` mapped to the space they are clustered in, ``(n, e)``.
 
     * ``None``: the features themselves (``e = d``).
     * ``"pca"``: the centred features projected on their top :math:`q = \min(n_\text{components}, n, d)`
       principal directions, :math:`(x - \bar x) V_{:, :q}` (``torch.pca_lowrank``, seeded).
+    * ``"hog"``: HOG descriptors of grayscale images (:func:`~datasetflow.labels.embeddings.hog_features`;
+      needs ``feature_shape`` ``(H, W)``).
+    * ``"autoencoder"``: the 32-d codes of a small convolutional autoencoder trained on ``x`` itself
+      (:func:`~datasetflow.labels.embeddings.autoencoder_codes`, seeded; needs ``feature_shape``).
+    * ``"umap"``: a 10-d UMAP (:func:`~datasetflow.labels.embeddings.umap_embedding`, seeded).
+    * stage names joined by ``"+"`` apply in order, e.g. ``"hog+umap"`` or ``"autoencoder+umap"``.
     * a callable ``(b, d) -> (b, e)``, e.g. ``LeNet5(...).features``: applied in batches without gradients
       (on the device and dtype of its module when it is a bound method of one).
     """
     if embedding is None:
         return x
     if isinstance(embedding, str):
-        check_choice("embedding", embedding, EMBEDDINGS)
+        stages = embedding.split("+")
+        for stage in stages:
+            check_choice("embedding", stage, EMBEDDINGS)
         check_positive_int("n_components", n_components)
-        q = min(n_components, *x.shape)
-        with seeded(seed, x.device), torch.no_grad():
-            mean = x.mean(0, keepdim=True)
-            _, _, v = torch.pca_lowrank(x - mean, q=q, center=False)
-            return (x - mean) @ v[:, :q]
+        out = x
+        for k, stage in enumerate(stages):
+            if stage in ("hog", "autoencoder") and k > 0:
+                raise InvalidArgumentError(
+                    f"embedding stage {stage!r} needs images; it can only come first in {embedding!r}."
+                )
+            out = _stage(out, stage, n_components, seed, feature_shape)
+        return out
     if not callable(embedding):
         raise InvalidArgumentError(
-            f"embedding must be None, one of {EMBEDDINGS} or a callable (b, d) -> (b, e), "
+            f"embedding must be None, one of {EMBEDDINGS} (or '+'-joined stages) or a callable (b, d) -> (b, e), "
             f"got {type(embedding).__name__}."
         )
     device, dtype = module_placement(getattr(embedding, "__self__", embedding), x)
@@ -68,6 +83,25 @@ def embed(
     return out
 
 
+def _stage(x: torch.Tensor, stage: str, n_components: int, seed: int, feature_shape) -> torch.Tensor:
+    """One named embedding stage of :func:`embed`."""
+    if stage == "pca":
+        q = min(n_components, *x.shape)
+        with seeded(seed, x.device), torch.no_grad():
+            mean = x.mean(0, keepdim=True)
+            _, _, v = torch.pca_lowrank(x - mean, q=q, center=False)
+            return (x - mean) @ v[:, :q]
+    if stage == "umap":
+        return umap_embedding(x, seed=seed)
+    if feature_shape is None:
+        raise InvalidArgumentError(
+            f"embedding {stage!r} needs the images' feature_shape (H, W); pass a LabeledDataset."
+        )
+    if stage == "hog":
+        return hog_features(x, feature_shape)
+    return autoencoder_codes(x, feature_shape, seed=seed)
+
+
 def pseudo_labels(
     dataset_or_x: LabeledDataset | torch.Tensor,
     n_clusters: int,
@@ -77,21 +111,26 @@ def pseudo_labels(
     seed: int = 0,
     method: str = "kmeans",
 ) -> LabeledDataset:
-    r"""Label unlabeled samples by the identity of their k-means cluster (paper §6.3).
+    r"""Label unlabeled samples by the identity of their cluster (paper §6.3).
+
+    ``"kmeans"``:
 
     .. math:: \min_{c_1..c_K} \sum_i w_i \min_k \|e(x_i) - c_k\|^2, \qquad \tilde y_i = \arg\min_k \|e(x_i) - c_k\|^2
 
     with :math:`e` the ``embedding`` (see :func:`embed`) and :math:`w` the sample weights.
+    ``"gmm"``: a ``K``-component Gaussian mixture with full covariances fitted by EM on :math:`e(x_i)`
+    (unweighted; 5 restarts), :math:`\tilde y_i` the most probable component.
     Needs scikit-learn (``pip install 'datasetflow[cluster]'``).
 
     Args:
         dataset_or_x: ``(n, d)`` features (or ``(n, *feature_shape)``), or a :class:`LabeledDataset`
             whose labels are ignored (its weights and ``feature_shape`` are kept).
         n_clusters: ``K >= 1``, at most ``n``.
-        embedding: ``None`` (raw features), ``"pca"`` or a callable ``(b, d) -> (b, e)``.
+        embedding: ``None`` (raw features), a stage of ``EMBEDDINGS`` or ``"+"``-joined stages
+            (``"hog+umap"``, ``"autoencoder+umap"``), or a callable ``(b, d) -> (b, e)``.
         n_components: PCA dimension for ``embedding="pca"``.
-        seed: seeds k-means (10 restarts) and the randomised PCA.
-        method: ``"kmeans"``.
+        seed: seeds k-means (10 restarts) or the mixture, the randomised PCA, the autoencoder and UMAP.
+        method: ``"kmeans"`` or ``"gmm"``.
 
     Returns:
         A :class:`LabeledDataset` with the original features (not the embedding), labels the cluster
@@ -107,11 +146,17 @@ def pseudo_labels(
         raise InvalidArgumentError(f"n_clusters={n_clusters} exceeds the number of samples n={n}.")
     try:
         from sklearn.cluster import KMeans
+        from sklearn.mixture import GaussianMixture
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise missing_extra("pseudo_labels", "scikit-learn", "cluster") from exc
-    points = embed(x, embedding, n_components=n_components, seed=seed).cpu().double().numpy()
-    sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
-    codes = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points, sample_weight=sample_weight)
+    points = embed(x, embedding, n_components=n_components, seed=seed, feature_shape=feature_shape)
+    points = points.cpu().double().numpy()
+    if method == "kmeans":
+        sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
+        codes = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points, sample_weight=sample_weight)
+    else:
+        mixture = GaussianMixture(n_clusters, covariance_type="full", n_init=5, reg_covar=1e-4, random_state=seed)
+        codes = mixture.fit(points).predict(points)
     _, codes = np.unique(codes, return_inverse=True)
     name = dataset_or_x.name if isinstance(dataset_or_x, LabeledDataset) else None
     return LabeledDataset(x.reshape(n, *feature_shape), codes.reshape(-1), weights=weights, name=name)

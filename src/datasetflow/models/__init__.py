@@ -12,14 +12,25 @@ tqdm (progress bars) are imported only when used.
 """
 
 from .classifier import CorrespondenceHead, FrozenClassifier, accuracy, predict
-from .lenet import MNIST_CLASSES, LeNet5, pretrained_mnist_lenet5, train_classifier
+from .convnet import ConvNet
+from .lenet import (
+    MNIST_CLASSES,
+    Ensemble,
+    LeNet5,
+    pretrained_mnist_lenet5,
+    pretrained_mnist_provenance,
+    train_classifier,
+)
 from .push_forward import PushForwardMap
 from .repurpose import RepurposeResult, repurpose
 
 __all__ = [
     "LeNet5",
+    "ConvNet",
     "train_classifier",
     "pretrained_mnist_lenet5",
+    "pretrained_mnist_provenance",
+    "Ensemble",
     "MNIST_CLASSES",
     "predict",
     "accuracy",

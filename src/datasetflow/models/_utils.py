@@ -71,6 +71,42 @@ def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Gene
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def random_affine(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    degrees: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    shear: float = 0.15,
+    translate: float = 0.1,
+) -> torch.Tensor:
+    r"""A random affine map per ``(C, H, W)`` image, bilinear, zero-filled.
+
+    The sampling grid is :math:`A\,u + t` with
+    :math:`A = s\,R(\theta)\begin{pmatrix}1 & h\\ 0 & 1\end{pmatrix}`, :math:`\theta \sim U(\pm` ``degrees``:math:`)`,
+    :math:`s \sim U(\text{scale})`, :math:`h \sim U(\pm` ``shear``:math:`)` and
+    :math:`t \sim U(\pm 2\,` ``translate``:math:`)^2` in the normalised coordinates
+    :math:`u \in [-1, 1]^2` of ``torch.nn.functional.affine_grid`` (``translate`` is a fraction of the side).
+    Random numbers come from ``generator`` (CPU), so the augmentation is reproducible.
+    """
+    n = images.shape[0]
+    draw = torch.rand(5, n, generator=generator, dtype=torch.float64)
+    theta = (2 * draw[0] - 1) * degrees * torch.pi / 180
+    s = scale[0] + (scale[1] - scale[0]) * draw[1]
+    h = (2 * draw[2] - 1) * shear
+    t = (2 * draw[3:5] - 1) * 2 * translate
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    matrix = torch.stack(
+        [
+            torch.stack([s * cos, s * (cos * h - sin), t[0]], 1),
+            torch.stack([s * sin, s * (sin * h + cos), t[1]], 1),
+        ],
+        1,
+    ).to(device=images.device, dtype=images.dtype)
+    grid = nn.functional.affine_grid(matrix, list(images.shape), align_corners=False)
+    return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def resolve_device(device: torch.device | str | None, like: torch.Tensor) -> torch.device:
     """``device`` if given, else the device of the data ``like``."""
     return like.device if device is None else torch.device(device)
@@ -109,11 +145,13 @@ def train_epochs(
     progress: bool,
     desc: str,
     end_epoch: Callable[[int], None] | None = None,
+    scheduler: Any = None,
 ) -> list[float]:
     """Minibatch training: each epoch visits a fresh permutation of the ``n`` samples.
 
     ``batch_loss(idx)`` returns the mean loss of the samples ``idx`` (a ``(b,)`` long tensor on
-    ``device``). Returns the sample-averaged loss of every epoch.
+    ``device``). ``scheduler`` (a ``torch.optim.lr_scheduler``) steps after every optimizer step.
+    Returns the sample-averaged loss of every epoch.
     """
     losses: list[float] = []
     for epoch in progress_bar(range(epochs), progress, desc, epochs):
@@ -126,6 +164,8 @@ def train_epochs(
             loss = batch_loss(idx)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total = total + loss.detach().float() * idx.numel()
         losses.append(float(total) / n)
         logger.debug("%s epoch %d/%d: loss %.6g", desc, epoch + 1, epochs, losses[-1])

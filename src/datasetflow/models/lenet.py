@@ -14,10 +14,11 @@ from torch import nn
 
 from ..data.dataset import LabeledDataset
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ..utils import check_positive_int, seeded
+from ..utils import check_choice, check_positive_int, seeded
 from ._utils import (
     image_layout,
     make_optimizer,
+    random_affine,
     random_translate,
     resolve_device,
     to_images,
@@ -33,7 +34,15 @@ __all__ = [
     "FrozenClassifier",
     "pretrained_mnist_lenet5",
     "MNIST_CLASSES",
+    "Ensemble",
+    "pretrained_mnist_provenance",
+    "AUGMENTATIONS",
+    "SCHEDULES",
 ]
+
+#: ``augment`` options of :func:`train_classifier` and its learning-rate ``schedule`` options.
+AUGMENTATIONS = ("translate", "affine")
+SCHEDULES = ("constant", "onecycle")
 
 #: LeNet-5's native input side; smaller images are zero-padded up to it.
 NATIVE_SIZE = 32
@@ -118,8 +127,9 @@ def train_classifier(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
-    augment: bool = False,
+    augment: bool | str = False,
     validation: LabeledDataset | None = None,
+    schedule: str = "constant",
 ) -> tuple[nn.Module, dict[str, list[float]]]:
     r"""Train a classifier on a labeled dataset by minibatch cross-entropy.
 
@@ -139,7 +149,12 @@ def train_classifier(
         seed: seeds the initialisation, the batch order and the augmentation.
         device: where to train; default the device of ``dataset.x``.
         progress: show a ``tqdm`` bar over epochs (needs tqdm).
-        augment: random translations of up to 2 pixels (image datasets only).
+        augment: image datasets only: ``True`` or ``"translate"`` (random translations of up to 2
+            pixels), ``"affine"`` (random rotations of up to 10 degrees, scalings in [0.9, 1.1],
+            shears up to 0.15 and translations up to 10 % of the side; see ``random_affine``), or
+            ``False`` (none).
+        schedule: ``"constant"`` (``lr`` throughout) or ``"onecycle"`` (``torch.optim.lr_scheduler.OneCycleLR``
+            peaking at ``lr``: a warm-up over the first 30 % of the steps, then cosine annealing).
         validation: optional dataset whose accuracy is recorded after every epoch (labels matched
             by class name to ``dataset.classes``).
 
@@ -165,6 +180,11 @@ def train_classifier(
     dtype = next(model.parameters()).dtype
     x = dataset.x.detach().to(device=device, dtype=dtype)
     y = dataset.y.to(device)
+    if isinstance(augment, bool):
+        augment = "translate" if augment else None
+    else:
+        check_choice("augment", augment, AUGMENTATIONS)
+    check_choice("schedule", schedule, SCHEDULES)
     layout = image_layout(dataset.feature_shape) if augment else None
     with torch.no_grad():
         outputs = model.eval()(x[:1]).shape
@@ -179,7 +199,11 @@ def train_classifier(
         nonlocal correct
         inputs = x[idx]
         if layout is not None:
-            inputs = random_translate(to_images(inputs, *layout), 2, generator)
+            images = to_images(inputs, *layout)
+            if augment == "affine":
+                inputs = random_affine(images, generator)
+            else:
+                inputs = random_translate(images, 2, generator)
         logits = model(inputs)
         correct = correct + (logits.detach().argmax(1) == y[idx]).sum()
         return nn.functional.cross_entropy(logits, y[idx])
@@ -196,6 +220,10 @@ def train_classifier(
             history["val_accuracy"].append(accuracy(model, validation, target_classes=dataset.classes))
 
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    scheduler = None
+    if schedule == "onecycle":
+        per_epoch = -(-len(dataset) // batch_size)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
     history["loss"] = train_epochs(
         model,
         opt,
@@ -208,31 +236,80 @@ def train_classifier(
         progress=progress,
         desc="train_classifier",
         end_epoch=end_epoch,
+        scheduler=scheduler,
     )
     return model, history
+
+
+class Ensemble(nn.Module):
+    r"""The average of the class probabilities of ``m`` classifiers, returned as log-probabilities.
+
+    .. math:: \mathrm{forward}(x) = \log \frac1m \sum_{r=1}^m \mathrm{softmax}(f_r(x))
+
+    (``argmax`` of it is the ensemble's prediction, and its softmax the averaged probabilities).
+
+    Args:
+        members: the classifiers, each ``(b, d) -> (b, k)`` logits with the same ``k``.
+
+    Shapes:
+        ``forward(x)``: ``(b, d)`` → ``(b, k)``. ``features(x)``: the members' ``features`` concatenated,
+        ``(b, sum_r e_r)`` (members without a ``features`` method are not allowed then).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        members = list(members)
+        if not members or not all(isinstance(m, nn.Module) for m in members):
+            raise InvalidArgumentError(f"members must be a non-empty sequence of nn.Modules, got {members!r}.")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        logs = torch.stack([m(x).log_softmax(1) for m in self.members])
+        return torch.logsumexp(logs, 0) - torch.log(torch.tensor(float(len(self.members)), dtype=logs.dtype))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' penultimate embeddings, concatenated along the last axis."""
+        return torch.cat([m.features(x) for m in self.members], 1)
 
 
 #: Class names of the embedded MNIST classifier's outputs.
 MNIST_CLASSES = tuple(str(k) for k in range(10))
 
 
+#: File of the embedded classifier's weights in ``models/weights`` (one state dict with keys
+#: ``members.<r>.<LeNet5 key>``) and its machine-readable provenance.
+WEIGHTS_FILE, PROVENANCE_FILE = "mnist_lenet5_ensemble.pt", "provenance.json"
+
+
 def pretrained_mnist_lenet5(device: torch.device | str | None = None) -> FrozenClassifier:
     """The LeNet-5 MNIST classifier shipped with the package, frozen (output ``j`` is class ``"j"``).
 
-    Trained on half of the MNIST test split, excluding the embedded ``mnist-mini`` images (see
-    ``models/weights/PROVENANCE.md``; 98.6% accuracy on the other half). Inputs are 28x28
-    grayscale images in ``[0, 1]``, as ``(b, 784)`` or ``(b, 28, 28)``. The weights are read with
+    An :class:`Ensemble` of LeNet-5s trained on half of the MNIST test split, excluding the embedded
+    ``mnist-mini`` images, each with its own seed (random affine augmentation, one-cycle schedule; see
+    ``models/weights/PROVENANCE.md`` for the seeds, the split and the held-out accuracy, also in
+    ``models/weights/provenance.json``). Inputs are 28x28 grayscale images in ``[0, 1]``, as ``(b, 784)``
+    or ``(b, 28, 28)``; outputs are log-probabilities. The weights are read with
     ``torch.load(..., weights_only=True)``.
     """
     from importlib import resources
 
-    path = resources.files("datasetflow.models").joinpath("weights", "mnist_lenet5.pt")
+    path = resources.files("datasetflow.models").joinpath("weights", WEIGHTS_FILE)
     with resources.as_file(path) as file:
         if not file.is_file():
             raise InvalidArgumentError(
                 "the embedded classifier weights are missing from the installed package; reinstall datasetflow."
             )
         state = torch.load(file, map_location="cpu", weights_only=True)
-    model = LeNet5(num_classes=10)
+    count = 1 + max(int(key.split(".")[1]) for key in state)
+    model = Ensemble([LeNet5(num_classes=10) for _ in range(count)])
     model.load_state_dict(state)
     return FrozenClassifier(model.to(device) if device is not None else model)
+
+
+def pretrained_mnist_provenance() -> dict:
+    """The provenance of :func:`pretrained_mnist_lenet5` (``models/weights/provenance.json``): seeds,
+    data split, training settings and held-out accuracy."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("datasetflow.models").joinpath("weights", PROVENANCE_FILE).read_text())

@@ -7,17 +7,25 @@ towards :math:`\beta` (``objective="otdd"``: :math:`\tfrac12\mathrm{OTDD}^2`, fd
 WoW flow) and :math:`f` classifies the flowed samples.
 
 How predictions are scored. A sample of source class :math:`c` is correct when :math:`f` predicts
-the target class :math:`m(c)` that :math:`c` corresponds to:
+the target class :math:`m(c)` that :math:`c` is named after:
 
 * ``naming="names"`` (the default when every source class is also a target class, e.g. USPS and
   MNIST digits): :math:`m(c) = c`, by class name.
-* ``naming="correspondence"`` (the default otherwise, e.g. garments against digits): before the
-  flow, :math:`m` comes from the §6.4 correspondence, the OT coupling of the two class
-  histograms under the OTDD label distances (:func:`~datasetflow.labels.matching.class_correspondence`);
-  after the flow, from the WoW coupling between the flowed classes and the target classes
-  (:func:`datasetflow.wow`), which is how WoW flows are evaluated (classes are matched after the
-  flow). Both namings are one to one (:func:`~datasetflow.labels.matching.match_classes`): two
-  source classes are never scored against the same target class.
+* ``naming="hungarian"`` (the default otherwise, e.g. garments against digits): :math:`m` is the
+  one-to-one naming that maximises the accuracy, found by the Hungarian algorithm on the
+  confusion counts of true source classes and predicted target classes
+  (:func:`~datasetflow.labels.matching.clustering_accuracy`), before and after the flow alike. This
+  is the clustering accuracy of the classifier's predictions: two source classes are never scored
+  against the same target class.
+* ``naming="correspondence"``: before the flow, :math:`m` comes from the §6.4 correspondence (the OT
+  coupling of the two class histograms under the OTDD label distances,
+  :func:`~datasetflow.labels.matching.class_correspondence`); after it, from the WoW coupling
+  between the flowed classes and the target classes (:func:`datasetflow.wow`), which names classes
+  without looking at the classifier. Also one to one (:func:`~datasetflow.labels.matching.match_classes`).
+
+Every result also carries the *many-to-one* score (each source class named after its most frequent
+prediction, so several source classes may share a name), labelled as such: it is an upper bound that
+rewards predicting few classes and is never the headline number.
 
 Unlabeled sources (``flow_labels="kmeans"``): the flow uses k-means pseudo-labels (optionally on
 an embedding, such as the frozen classifier's own features) instead of the source labels; the
@@ -40,13 +48,14 @@ from ..flows.loop import run_flow
 from ..flows.result import FlowResult
 from ..functionals.mmd_sw import mmd_sw_to
 from ..functionals.otdd_target import otdd_to
-from ..labels.matching import class_correspondence, match_classes
+from ..labels.matching import class_correspondence, clustering_accuracy, match_classes
 from ..labels.pseudo import align_pseudo_labels, pseudo_labels
-from .classifier import accuracy
+from .classifier import accuracy, predict
 
 __all__ = ["repurpose", "RepurposeResult"]
 
 OBJECTIVES = ("otdd", "mmd-sw")
+NAMINGS = ("names", "hungarian", "correspondence")
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,11 @@ class RepurposeResult:
             scored against (see the module docstring).
         flow: the :class:`~datasetflow.flows.result.FlowResult` (final particles carry the flow labels).
         flow_labels: ``"true"`` or ``"kmeans"``.
-        pseudo_label_accuracy: with pseudo-labels, the fraction of samples whose aligned cluster is
-            their true class.
-        naming: ``"names"`` or ``"correspondence"``.
+        pseudo_label_accuracy: with pseudo-labels, their clustering accuracy against the true source
+            labels (one-to-one Hungarian naming of clusters after classes).
+        naming: ``"names"``, ``"hungarian"`` or ``"correspondence"``.
+        many_to_one_before, many_to_one_after: the many-to-one score (see the module docstring),
+            an upper bound reported only next to the one-to-one accuracies.
         seconds: wall time of the flow.
     """
 
@@ -76,6 +87,8 @@ class RepurposeResult:
     flow_labels: str
     naming: str
     pseudo_label_accuracy: float | None = None
+    many_to_one_before: float | None = None
+    many_to_one_after: float | None = None
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +104,8 @@ class RepurposeResult:
             "flow_labels": self.flow_labels,
             "naming": self.naming,
             "pseudo_label_accuracy": self.pseudo_label_accuracy,
+            "many_to_one_before": self.many_to_one_before,
+            "many_to_one_after": self.many_to_one_after,
             "objective": list(self.flow.objective),
             "steps": self.flow.steps,
             "seconds": self.seconds,
@@ -107,6 +122,18 @@ def _score(
     return accuracy(classifier, named, target_classes=target.classes)
 
 
+def _hungarian(
+    classifier: Callable, x: torch.Tensor, y: torch.Tensor, source: LabeledDataset, target: LabeledDataset
+) -> tuple[list[Hashable], float]:
+    """The one-to-one naming of the source classes that maximises the accuracy on ``x``, and the
+    many-to-one score of the same predictions."""
+    predicted = predict(classifier, x).cpu()
+    kwargs = {"n_true": source.num_classes, "n_predicted": target.num_classes}
+    _, naming = clustering_accuracy(y.cpu(), predicted, **kwargs)
+    many, _ = clustering_accuracy(y.cpu(), predicted, rule="many-to-one", **kwargs)
+    return [target.classes[j] if j >= 0 else None for j in naming.tolist()], many
+
+
 def repurpose(
     source: LabeledDataset,
     target: LabeledDataset,
@@ -119,6 +146,7 @@ def repurpose(
     naming: str | None = None,
     flow_labels: str = "true",
     embedding: Any = None,
+    clustering: str = "kmeans",
     eval_every: int | None = None,
     record_every: int | None = None,
     callbacks: Sequence[Callable] = (),
@@ -138,11 +166,14 @@ def repurpose(
         steps: flow steps.
         step_size: default 0.5 for ``otdd`` (SGD) and 1.0 for ``mmd-sw`` (momentum 0.9).
         optimizer: default ``"sgd"`` for ``otdd`` and ``"momentum"`` for ``mmd-sw``.
-        naming: ``"names"`` or ``"correspondence"`` (default: names when every source class name
-            is a target class name).
-        flow_labels: ``"true"`` (supervised) or ``"kmeans"`` (pseudo-labels, unsupervised).
-        embedding: the space k-means clusters in: None (pixels), ``"pca"`` or a callable such as
-            ``model.features``.
+        naming: ``"names"``, ``"hungarian"`` or ``"correspondence"`` (default: names when every source
+            class name is a target class name, else hungarian; see the module docstring).
+        flow_labels: ``"true"`` (supervised) or ``"kmeans"`` (pseudo-labels, unsupervised; the
+            clustering method is ``clustering``).
+        embedding: the space the pseudo-labels cluster in (see :func:`~datasetflow.labels.pseudo.embed`):
+            None (pixels), a stage name or ``"+"``-joined pipeline such as ``"hog+umap"``, or a callable
+            such as ``model.features``.
+        clustering: ``"kmeans"`` or ``"gmm"`` (:func:`~datasetflow.labels.pseudo.pseudo_labels`).
         eval_every: also score the particles every this many steps (into ``curve``).
         record_every: record the trajectory (for image grids).
         callbacks: extra ``run_flow`` callbacks (e.g. a progress bar).
@@ -160,16 +191,19 @@ def repurpose(
     if flow_labels not in ("true", "kmeans"):
         raise InvalidArgumentError(f"flow_labels must be 'true' or 'kmeans', got {flow_labels!r}.")
     shared = set(source.classes) <= set(target.classes)
-    naming = naming or ("names" if shared else "correspondence")
-    if naming not in ("names", "correspondence"):
-        raise InvalidArgumentError(f"naming must be 'names' or 'correspondence', got {naming!r}.")
+    naming = naming or ("names" if shared else "hungarian")
+    if naming not in NAMINGS:
+        raise InvalidArgumentError(f"naming must be one of {NAMINGS}, got {naming!r}.")
     if naming == "names" and not shared:
         missing = [c for c in source.classes if c not in set(target.classes)]
         raise InvalidArgumentError(f"naming='names' needs every source class in the target; missing {missing!r}.")
     target = target.to(device=source.x.device, dtype=source.x.dtype)
     true_y = source.y.clone()
+    hungarian_before = _hungarian(classifier, source.x, true_y, source, target)
     if naming == "names":
         before = list(source.classes)
+    elif naming == "hungarian":
+        before = hungarian_before[0]
     else:
         coupling = class_correspondence(source, target)
         before = [target.classes[j] for j in match_classes(coupling, maximize=True).tolist()]
@@ -178,12 +212,9 @@ def repurpose(
     pseudo_accuracy = None
     flow_source = source
     if flow_labels == "kmeans":
-        clusters = pseudo_labels(source, target.num_classes, embedding=embedding, seed=seed)
+        clusters = pseudo_labels(source, target.num_classes, embedding=embedding, seed=seed, method=clustering)
         flow_source = align_pseudo_labels(clusters, target)
-        aligned = [flow_source.classes[k] for k in flow_source.y.tolist()]
-        truth = [source.classes[k] for k in true_y.tolist()]
-        names = dict(zip(source.classes, before, strict=True))
-        pseudo_accuracy = sum(a == names[t] for a, t in zip(aligned, truth, strict=True)) / len(truth)
+        pseudo_accuracy, _ = clustering_accuracy(true_y, clusters.y)
 
     options = dict(functional_options or {})
     if class_weights not in ("uniform", "proportional"):
@@ -213,6 +244,8 @@ def repurpose(
         """The target class each true source class is scored against at this step."""
         if naming == "names":
             return before
+        if naming == "hungarian":
+            return _hungarian(classifier, state.x.detach(), true_y, source, target)[0]
         flowed = state.dataset().with_features(state.x.detach())
         return _source_matching(flow_source, wow(flowed, target, inner="exact").matched_classes, true_y, source)
 
@@ -231,8 +264,11 @@ def repurpose(
         optimizer_options={"momentum": 0.9} if optimizer == "momentum" else None,
     )
     seconds = time.perf_counter() - start
+    hungarian_after = _hungarian(classifier, result.final.x, true_y, source, target)
     if naming == "names":
         after = before
+    elif naming == "hungarian":
+        after = hungarian_after[0]
     else:
         matched = wow(result.final, target, inner="exact").matched_classes
         after = _source_matching(flow_source, matched, true_y, source)
@@ -249,6 +285,8 @@ def repurpose(
         flow_labels=flow_labels,
         naming=naming,
         pseudo_label_accuracy=pseudo_accuracy,
+        many_to_one_before=hungarian_before[1],
+        many_to_one_after=hungarian_after[1],
         seconds=seconds,
         config={
             "objective": objective,
@@ -258,6 +296,8 @@ def repurpose(
             "functional": repr(functional),
             "class_weights": class_weights,
             "seed": seed,
+            "embedding": embedding if isinstance(embedding, str) or embedding is None else repr(embedding),
+            "clustering": clustering,
         },
     )
 

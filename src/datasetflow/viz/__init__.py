@@ -5,6 +5,7 @@ through its object-oriented API (:class:`matplotlib.figure.Figure`): no pyplot s
 rcParams changes. Every function returns the figure and saves it when given a ``path``.
 """
 
+from .matrix import plot_distance_matrix, plot_distance_scatter
 from .plots import (
     animate_flow,
     image_grid,
@@ -23,4 +24,6 @@ __all__ = [
     "image_grid",
     "plot_objective",
     "label_color",
+    "plot_distance_matrix",
+    "plot_distance_scatter",
 ]
