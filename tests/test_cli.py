@@ -236,3 +236,19 @@ def test_wow_rejects_otdd_options_and_vice_versa():
     assert result.exit_code == 2 and "--outer apply to --method otdd only" in result.stderr
     result = invoke("distance", "usps-mini", "usps-mini", "--projections", "10")
     assert result.exit_code == 2 and "--inner sliced only" in result.stderr
+
+
+@pytest.mark.parametrize("outer", ["lowrank", "minibatch"])
+def test_large_n_outer_solvers_from_the_cli(outer, tmp_path):
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    for name, shift in (("s", 0.0), ("t", 1.0)):
+        np.savez(tmp_path / f"{name}.npz", x=gen.normal(size=(60, 3)) + shift, y=np.arange(60) % 3)
+    result = invoke("distance", tmp_path / "s.npz", tmp_path / "t.npz", "--outer", outer, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    payload = json.loads(result.output)
+    exact = json.loads(invoke("distance", tmp_path / "s.npz", tmp_path / "t.npz", "--outer", "exact", "--json").output)
+    assert payload["settings"]["outer"] == outer
+    # both estimators are upper bounds of exact OTDD^2 (minibatch in expectation; here B = n, so equal)
+    assert payload["distance_squared"] >= exact["distance_squared"] * (1 - 1e-6)

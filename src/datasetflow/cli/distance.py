@@ -195,7 +195,7 @@ def _unsharded_reason(method: str, given: dict[str, Any]) -> str | None:
     if method == "wow":
         return "--method wow solves one small exact OT between classes, which does not split over ranks"
     if given.get("outer", "sinkhorn") != "sinkhorn":
-        return "--outer exact (the network simplex) does not split over ranks; --outer sinkhorn does"
+        return f"--outer {given['outer']} does not split over ranks; --outer sinkhorn does"
     if given.get("label_weight", 1.0) > 0 and not get_label_cost(given.get("inner", "gaussian")).uses_stats:
         return (
             f"--inner {get_label_cost(given['inner']).name} compares class samples, which are spread over the ranks; "

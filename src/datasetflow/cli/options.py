@@ -210,7 +210,12 @@ def label_cost_options(*, outer_help: str, inner_default: str = "gaussian") -> C
                 "Sinkhorn or sliced Wasserstein between class point clouds.  "
                 f"[library default: {inner_default}]",
             ),
-            click.option("--outer", type=click.Choice(["exact", "sinkhorn"]), default=None, help=outer_help),
+            click.option(
+                "--outer",
+                type=click.Choice(["exact", "sinkhorn", "lowrank", "minibatch"]),
+                default=None,
+                help=outer_help + " lowrank and minibatch never form the n x m cost (large n; docs/otdd.md).",
+            ),
             click.option(
                 "--reg",
                 type=click.FloatRange(min=0, min_open=True),

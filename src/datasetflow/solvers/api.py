@@ -163,7 +163,7 @@ def solve(
         if reg:
             raise InvalidArgumentError(f"method='lowrank' takes no reg (got reg={reg!r}); it is unregularised.")
         return lowrank_ot(
-            cost, a_t, b_t, rank=rank, max_iter=max_iter or 200, tol=1e-5 if tol is None else tol, seed=seed, grad=grad
+            cost, a_t, b_t, rank=rank, max_iter=max_iter or 1000, tol=1e-5 if tol is None else tol, seed=seed, grad=grad
         )
     if method == "minibatch":
         return minibatch_ot(

@@ -180,7 +180,7 @@ def lowrank_ot(
     b: torch.Tensor,
     *,
     rank: int | None = None,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     tol: float = 1e-5,
     gamma: float = 10.0,
     inner_max_iter: int = 50,
