@@ -18,6 +18,7 @@ from datasetflow.distributed import (
     CollectiveError,
     World,
     all_reduce_sum,
+    barrier,
     gather_rows,
     get_world,
     heartbeat,
@@ -141,6 +142,7 @@ def _sharded_runs(world: World, root: str) -> dict:
     straight = run_flow(_energy(), data, **options, checkpoint_dir=f"{root}/straight", checkpoint_every=5)
     first = run_flow(_energy(), data, **{**options, "steps": 10}, checkpoint_dir=f"{root}/part", checkpoint_every=5)
     resumed = run_flow(_energy(), data, **options, checkpoint_dir=f"{root}/part", checkpoint_every=5, resume=True)
+    barrier(world)  # every rank has removed its older shard files (each does so after its last save)
     files = sorted(p.name for p in Path(f"{root}/part").iterdir())
     return {
         "straight": straight.final.x,
