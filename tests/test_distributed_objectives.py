@@ -323,3 +323,52 @@ def test_torchrun_distance_matrix_prints_once_and_equals_one_process(tmp_path):
     two, one = json.loads(lines[0]), json.loads(invoke_cli(*common).output)
     assert two["settings"]["world_size"] == 2 and "world_size" not in one["settings"]
     assert np.allclose(two["matrix"], one["matrix"], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- s-OTDD and Busemann on shards
+SLICED_DISTANCE_CASES = {
+    "sotdd": ("sotdd", {"n_projections": 30, "chunk": 8}),
+    "swb1dg": ("busemann", {"variant": "swb1dg", "n_projections": 30}),
+    "swbg": ("busemann", {"variant": "swbg", "n_projections": 30}),
+}
+
+
+def _sliced_distance_grad(source, target, world, function: str, options: dict) -> tuple:
+    import datasetflow
+
+    x = source.x.clone().requires_grad_()
+    value = getattr(datasetflow, function)(source.with_features(x), target, world=world, **options).value_pow
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+def _sharded_sliced_distances(world: World) -> dict:
+    from datasetflow import sotdd_to
+
+    source, target = _otdd_problem()
+    part = shard(source, world)
+    out = {name: _sliced_distance_grad(part, target, world, *case) for name, case in SLICED_DISTANCE_CASES.items()}
+    flow = run_flow(sotdd_to(target, n_projections=20, seed=3), part, steps=20, step_size=0.5)
+    out["flow"], out["objective"] = flow.final.x, flow.objective
+    return out
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_sotdd_and_busemann_on_shards_equal_one_process(size):
+    from datasetflow import sotdd_to
+
+    source, target = _otdd_problem()
+    expected = {
+        name: _sliced_distance_grad(source, target, None, *case) for name, case in SLICED_DISTANCE_CASES.items()
+    }
+    single = run_flow(sotdd_to(target, n_projections=20, seed=3), source, steps=20, step_size=0.5)
+    results = run_distributed(_sharded_sliced_distances, size, timeout=240)
+    for rank, result in enumerate(results):
+        start, stop = shard_range(len(source), World(rank=rank, size=size))
+        for name in SLICED_DISTANCE_CASES:
+            value, grad = result[name]
+            assert torch.allclose(value, expected[name][0], rtol=1e-10, atol=1e-12), (size, rank, name)
+            assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
+        assert result["objective"] == pytest.approx(single.objective, rel=1e-10, abs=1e-12)
+    flowed = torch.cat([r["flow"] for r in results])
+    assert torch.allclose(flowed, single.final.x, rtol=0, atol=1e-10)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed.comm import World, all_gather_object, all_reduce_sum, get_world, shard_range
+from ..distributed.comm import World, all_gather_object, all_reduce_sum, gather_rows, get_world, shard_range
 from ..errors import InvalidArgumentError
 from .dataset import ClassStats, LabeledDataset
 
-__all__ = ["shard", "shard_local", "sharded_class_stats"]
+__all__ = ["shard", "shard_local", "sharded_class_stats", "gather_dataset"]
 
 
 def shard(dataset: LabeledDataset, world: World | None = None) -> LabeledDataset:
@@ -39,6 +39,22 @@ def shard(dataset: LabeledDataset, world: World | None = None) -> LabeledDataset
         feature_shape=dataset.feature_shape,
         name=dataset.name,
     )
+
+
+def gather_dataset(part: LabeledDataset, world: World | None = None) -> LabeledDataset:
+    """Every rank's shard concatenated in rank order: the whole dataset, the same on every rank.
+
+    The inverse of :func:`shard` (rows in the original order for its contiguous shards). This rank's features
+    keep their graph, the others' are constants, so a replicated objective of the whole dataset gives each
+    rank the gradient of its own rows. Traffic: ``n (d + 2)`` numbers per call.
+    """
+    world = get_world() if world is None else world
+    if not world.distributed:
+        return part
+    x, _ = gather_rows(part.x, world)
+    y, _ = gather_rows(part.y, world)
+    weights, _ = gather_rows(part.weights.detach(), world)
+    return LabeledDataset.from_tensors(x, y, weights, part.classes, feature_shape=part.feature_shape, name=part.name)
 
 
 def shard_local(dataset: LabeledDataset, world: World | None = None) -> LabeledDataset:

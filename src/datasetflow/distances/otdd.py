@@ -400,8 +400,12 @@ def _sharded_otdd(
     """:func:`otdd` with ``source`` sharded over ``world`` (see its ``world`` argument)."""
     if outer != "sinkhorn":
         raise InvalidArgumentError(
-            f"a sharded OTDD needs outer='sinkhorn' (row-sharded Sinkhorn), got outer={outer!r}: the network simplex "
-            "does not split over ranks."
+            f"a sharded OTDD needs outer='sinkhorn' (row-sharded Sinkhorn), got outer={outer!r}: "
+            + (
+                "the network simplex does not split over ranks."
+                if outer == "exact"
+                else "the low-rank and minibatch solvers are not sharded yet (docs/distributed.md gives the plan)."
+            )
         )
     if stats_given:
         raise InvalidArgumentError(

@@ -860,16 +860,27 @@ def sliced_distance(
     label_dim: int = 10,
     standardize: Any = None,
     chunk: int | None = None,
+    world: Any = None,
 ) -> SlicedResult:
     r"""A hybrid sliced distance between two labeled datasets (see the module docstring for the families).
 
     :math:`\mathrm{value\_pow} = \frac1L\sum_l W_p^p(z_{\omega_l}\#D,\, z_{\omega_l}\#D')`, each 1-D transport
     exact. Prefer the named front doors :func:`sotdd` and :func:`busemann`; the arguments are theirs
-    plus ``family`` (``"sotdd"``, ``"swb1dg"``, ``"swbg"``).
+    plus ``family`` (``"sotdd"``, ``"swb1dg"``, ``"swbg"``) and ``world``: the ranks ``source`` is sharded over
+    (:class:`~datasetflow.distributed.World`, :func:`~datasetflow.data.sharding.shard`; default one process).
+    With several ranks the shards are all-gathered (exact mode, :func:`~datasetflow.data.sharding.gather_dataset`:
+    ``n (d + 2)`` numbers per call), every rank computes the same value, and the gradient reaches this rank's
+    rows only; ``target`` must be the same on every rank.
 
     Returns:
         :class:`SlicedResult`.
     """
+    from ..data.sharding import gather_dataset
+    from ..distributed.comm import World, get_world
+
+    world = World() if world is None else get_world(world)
+    if world.distributed:
+        source = gather_dataset(source, world)
     check_dataset_pair(("source", "target"), source, target)
     for name, ds in (("source", source), ("target", target)):
         _check_dataset(name, ds)
@@ -922,6 +933,7 @@ def sotdd(
     seed: int = 0,
     standardize: Any = None,
     chunk: int | None = None,
+    world: Any = None,
 ) -> SlicedResult:
     r"""s-OTDD (Nguyen et al., ICML 2025): the sliced OTDD with the moment transform projection.
 
@@ -946,6 +958,7 @@ def sotdd(
             ``(d,)`` vectors, e.g. the OTDD pixel normalisation). Never per dataset: s-OTDD is not
             scale-equivariant, the scale decides which moment orders matter (spec §2.6).
         chunk: projections per chunk (default: as many as keep ``(n + m) * chunk <= 2**22``).
+        world: ranks ``source`` is sharded over (see :func:`sliced_distance`; default one process).
 
     Returns:
         :class:`SlicedResult`; ``value_pow`` is differentiable with respect to ``source.x`` and ``target.x``
@@ -970,6 +983,7 @@ def sotdd(
         seed=seed,
         standardize=standardize,
         chunk=chunk,
+        world=world,
     )
 
 
@@ -986,6 +1000,7 @@ def busemann(
     label_dim: int = 10,
     standardize: Any = None,
     chunk: int | None = None,
+    world: Any = None,
 ) -> SlicedResult:
     r"""Busemann-sliced dataset distance (Bonet et al., AISTATS 2026): SWB1DG or SWBG.
 
@@ -1016,6 +1031,7 @@ def busemann(
             homogeneous of degree :math:`p` in the features (spec §6.5, §6.8), so a scalar standardisation only
             rescales the value.
         chunk: projections per chunk.
+        world: ranks ``source`` is sharded over (see :func:`sliced_distance`; default one process).
 
     Returns:
         :class:`SlicedResult`.
@@ -1038,6 +1054,7 @@ def busemann(
         label_dim=label_dim,
         standardize=standardize,
         chunk=chunk,
+        world=world,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
+from ..data.sharding import gather_dataset
 from ..distances.sliced import fit_preprocessing, sliced_distance
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..solvers.sliced import check_n_projections
@@ -39,6 +40,7 @@ class SlicedToTarget(Functional):
 
     name = "sliced"
     family = "sotdd"
+    supports_sharding = True
 
     def _setup(self, target: LabeledDataset, options: dict[str, Any], resample: bool, seed: int) -> None:
         if not isinstance(target, LabeledDataset):
@@ -81,7 +83,9 @@ class SlicedToTarget(Functional):
         return self._fitted
 
     def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
-        data = state.dataset()
+        # sharded particles: the shards are all-gathered (exact mode; this rank's rows keep their graph), and
+        # every rank draws the same directions from the same generator, so the value is replicated
+        data = gather_dataset(state.dataset(), state.world)
         if data.dim != self.target.dim:
             raise ShapeMismatchError(f"the particles have dimension {data.dim} but the target has {self.target.dim}.")
         if self.target.x.device != data.x.device or self.target.x.dtype != data.x.dtype:
