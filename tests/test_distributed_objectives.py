@@ -183,6 +183,27 @@ def test_quantile_sketch_class_bound_holds_for_every_pair():
         assert torch.equal(sketch.counts, exact.counts.double())
 
 
+def _torchrun_json(args: list[str]) -> dict:
+    """``torchrun --nproc-per-node 2 -m datasetflow ARGS``: the one JSON object printed (only by rank 0)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "datasetflow"]
+        + list(args),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, run.stdout  # only rank 0 prints
+    return json.loads(lines[0])
+
+
 # ---------------------------------------------------------------------- `distance` under torchrun
 def test_torchrun_distance_shards_the_otdd_and_rank_0_prints_it_once(tmp_path):
     import json
@@ -199,17 +220,7 @@ def test_torchrun_distance_shards_the_otdd_and_rank_0_prints_it_once(tmp_path):
         np.savez(tmp_path / f"{name}.npz", x=data.x.numpy(), y=data.y.numpy())
     common = ["distance", str(tmp_path / "s.npz"), str(tmp_path / "t.npz"), "--dtype", "float64", "--json"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    run = subprocess.run(
-        [*launcher, "-m", "datasetflow", *common],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, run.stdout  # only rank 0 prints
-    two = json.loads(lines[0])
+    two = _torchrun_json(common)
     one = json.loads(invoke_cli(*common).output)
     assert two["settings"]["world_size"] == 2 and two["config"]["n_source"] == len(source)
     assert abs(two["distance_squared"] - one["distance_squared"]) < 1e-8
@@ -296,9 +307,6 @@ def test_distance_matrix_split_over_ranks_equals_one_process(size):
 
 def test_torchrun_distance_matrix_prints_once_and_equals_one_process(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
 
     import numpy as np
 
@@ -309,18 +317,7 @@ def test_torchrun_distance_matrix_prints_once_and_equals_one_process(tmp_path):
         paths.append(str(tmp_path / f"d{k}.npz"))
         np.savez(paths[-1], x=data.x.numpy(), y=data.y.numpy())
     common = ["distance-matrix", *paths, "--dtype", "float64", "--projections", "64", "--json"]
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "datasetflow"]
-        + common,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, run.stdout  # only rank 0 prints
-    two, one = json.loads(lines[0]), json.loads(invoke_cli(*common).output)
+    two, one = _torchrun_json(common), json.loads(invoke_cli(*common).output)
     assert two["settings"]["world_size"] == 2 and "world_size" not in one["settings"]
     assert np.allclose(two["matrix"], one["matrix"], rtol=1e-12, atol=1e-12)
 
