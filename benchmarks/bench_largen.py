@@ -286,8 +286,8 @@ Gaussian classes (`bench_otdd.synthetic`, 10 classes, d = 784, float32, target s
 label cost, each case in its own process ({os.environ.get("OMP_NUM_THREADS", "2")} threads; peak RSS of
 that process, which includes the data: 10^5 x 784 float32 is 314 MB per side). The CPU is shared with other
 jobs: load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run, so times are upper
-bounds. Defaults: Sinkhorn debiased with reg 5 % of the mean cost; low-rank rank 4 per class (40), at most
-200 mirror-descent iterations; minibatch K = 8 pairs of B = min(n, 1000) class-stratified points, exact OT
+bounds. Defaults: Sinkhorn debiased with reg 5 % of the mean cost; low-rank rank 4 per class (40), mirror
+descent until the value settles (iterations in the notes); minibatch K = 8 pairs of B = min(n, 1000) class-stratified points, exact OT
 each. *vs exact OT* / *vs chunked Sinkhorn*: relative deviation of OTDD² from those at the same n (the
 chunked Sinkhorn, debiased, is the entropic reference; exact OT runs at 10^3 only). Low-rank is an upper
 bound of exact OT by construction; minibatch is biased upwards (its expectation is above OTDD² and it is not
