@@ -369,3 +369,42 @@ def test_sotdd_and_busemann_on_shards_equal_one_process(size):
         assert result["objective"] == pytest.approx(single.objective, rel=1e-10, abs=1e-12)
     flowed = torch.cat([r["flow"] for r in results])
     assert torch.allclose(flowed, single.final.x, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------- low-rank and minibatch OTDD on shards
+LARGE_N_CASES = {
+    "minibatch": {"outer": "minibatch", "batch_size": 8, "n_batches": 3, "seed": 2},
+    "lowrank": {"outer": "lowrank", "rank": 6, "seed": 1},
+}
+
+
+def _flow_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "n_batches"}  # flows cover the particles with n // B batches
+
+
+def _sharded_large_n(world: World) -> dict:
+    source, target = _otdd_problem()
+    part = shard(source, world)
+    out = {name: _otdd_grad(part, target, world, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    for name, options in LARGE_N_CASES.items():
+        out[f"flow-{name}"] = run_flow(otdd_to(target, **_flow_options(options)), part, steps=5, step_size=0.5).final.x
+    return out
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_lowrank_and_minibatch_otdd_on_shards_equal_one_process(size):
+    source, target = _otdd_problem()
+    expected = {name: _otdd_grad(source, target, None, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    flows = {
+        name: run_flow(otdd_to(target, **_flow_options(o)), source, steps=5, step_size=0.5).final.x
+        for name, o in LARGE_N_CASES.items()
+    }
+    results = run_distributed(_sharded_large_n, size, timeout=240)
+    for rank, result in enumerate(results):
+        start, stop = shard_range(len(source), World(rank=rank, size=size))
+        for name in LARGE_N_CASES:
+            value, grad = result[name]
+            assert torch.allclose(value, expected[name][0], rtol=1e-10, atol=1e-12), (size, rank, name)
+            assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
+    for name in LARGE_N_CASES:
+        assert torch.allclose(torch.cat([r[f"flow-{name}"] for r in results]), flows[name], rtol=0, atol=1e-10), name

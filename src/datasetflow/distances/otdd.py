@@ -26,7 +26,7 @@ import torch
 from ..costs.ground import OTDDCost
 from ..costs.linalg import safe_sqrt
 from ..data.dataset import ClassStats, LabeledDataset, json_name
-from ..data.sharding import sharded_class_stats
+from ..data.sharding import gather_dataset, sharded_class_stats
 from ..distributed.comm import World, all_reduce_sum, gather_rows, get_world, mark_replicated
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..labels.costs import LabelCost, get_label_cost
@@ -225,6 +225,17 @@ def otdd(
     if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
         target = target.to(device=source.x.device, dtype=source.x.dtype)
     world = World() if world is None else get_world(world)
+    if world.distributed and outer in ("lowrank", "minibatch"):
+        if source_stats is not None:
+            raise InvalidArgumentError(
+                f"outer={outer!r} on sharded particles gathers the source and cannot take this rank's source_stats; "
+                "use outer='sinkhorn' (row-sharded) or joint dynamics without sharding."
+            )
+        # replicated solve on the all-gathered source (this rank's rows keep their graph); the minibatch draws
+        # and low-rank start come from the same seed or generator on every rank, so every rank solves the same
+        # problem: correct on shards, but neither the memory nor the work is split (docs/distributed.md)
+        source = gather_dataset(source, world)
+        world = World()
     if world.distributed:
         return _sharded_otdd(
             source,
@@ -401,11 +412,7 @@ def _sharded_otdd(
     if outer != "sinkhorn":
         raise InvalidArgumentError(
             f"a sharded OTDD needs outer='sinkhorn' (row-sharded Sinkhorn), got outer={outer!r}: "
-            + (
-                "the network simplex does not split over ranks."
-                if outer == "exact"
-                else "the low-rank and minibatch solvers are not sharded yet (docs/distributed.md gives the plan)."
-            )
+            + "the network simplex does not split over ranks."
         )
     if stats_given:
         raise InvalidArgumentError(

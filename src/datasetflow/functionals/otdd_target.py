@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import LabeledDataset
+from ..data.sharding import gather_dataset
 from ..distances.otdd import DEFAULT_INNER, DEFAULT_OUTER, otdd
 from ..errors import DivergenceError, InvalidArgumentError, RegularizationError
 from ..labels.costs import LabelCost, get_label_cost
@@ -168,6 +169,15 @@ class OTDDToTarget(Functional):
 
     def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
         source, stats = state.label_view()
+        world = state.world
+        if world is not None and world.distributed and self.options["outer"] in ("lowrank", "minibatch"):
+            if stats is not None:
+                raise InvalidArgumentError(
+                    f"otdd_to(outer={self.options['outer']!r}) on sharded particles gathers them and cannot use "
+                    "per-rank label parameters (joint dynamics); use outer='sinkhorn' (row-sharded)."
+                )
+            # replicated solve on the gathered particles, identical on every rank (see otdd's world argument)
+            source, world = gather_dataset(source, world), None
         target = self.target
         if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
             target = self.target = target.to(device=source.x.device, dtype=source.x.dtype)
@@ -187,7 +197,6 @@ class OTDDToTarget(Functional):
             if options["outer"] == "minibatch":
                 options["generator"] = generator
                 options["disjoint"] = True
-            world = state.world
             if self.particle_batch is not None and world is not None and world.distributed:
                 raise InvalidArgumentError(
                     f"otdd_to(particle_batch={self.particle_batch}) draws particles from one process's shard; it is "
@@ -217,7 +226,7 @@ class OTDDToTarget(Functional):
                     (cache["target_labels"], cache["target_value"]) if debiased and fixed_reg and fixed_target else None
                 ),
                 potentials_init=(cache["f"], cache["g"]) if sinkhorn and warm else None,
-                world=state.world,
+                world=world,
                 **options,
             )
         except RegularizationError as exc:
