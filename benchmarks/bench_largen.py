@@ -287,15 +287,15 @@ label cost, each case in its own process ({os.environ.get("OMP_NUM_THREADS", "2"
 that process, which includes the data: 10^5 x 784 float32 is 314 MB per side). The CPU is shared with other
 jobs: load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run, so times are upper
 bounds. Defaults: Sinkhorn debiased with reg 5 % of the mean cost; low-rank rank 4 per class (40), mirror
-descent until the value settles (iterations in the notes); minibatch K = 8 pairs of B = min(n, 1000) class-stratified points, exact OT
-each. *vs exact OT* / *vs chunked Sinkhorn*: relative deviation of OTDD² from those at the same n (the
-chunked Sinkhorn, debiased, is the entropic reference; exact OT runs at 10^3 only). Low-rank is an upper
-bound of exact OT by construction; minibatch is biased upwards (its expectation is above OTDD² and it is not
-0 between identical datasets). Low-rank and minibatch estimate the exact (un-debiased) OTDD²; the debiased
-Sinkhorn divergence subtracts the two self-transport terms, so its gap to them (about -28 % at 10^3, the
-exact row) is the debiasing, not an error of either. Where exact OT is not computable (10^4), the minibatch
-mean bounds it from above in expectation, so low-rank's excess over exact OT is at least its excess over
-the minibatch value.
+descent until the value settles (iterations in the notes); minibatch K = 8 pairs of B = min(n, 1000)
+class-stratified points, exact OT each. *vs exact OT* / *vs chunked Sinkhorn*: relative deviation of OTDD²
+from those at the same n (the chunked Sinkhorn, debiased, is the entropic reference; exact OT runs at 10^3
+only). Low-rank is an upper bound of exact OT by construction; minibatch is biased upwards (its expectation is
+above OTDD² and it is not 0 between identical datasets). Low-rank and minibatch estimate the exact
+(un-debiased) OTDD²; the debiased Sinkhorn divergence subtracts the two self-transport terms, so its gap to
+them (about -28 % at 10^3, the exact row) is the debiasing, not an error of either. Where exact OT is not
+computable (10^4), the minibatch mean bounds it from above in expectation, so low-rank's excess over exact OT
+is at least its excess over the minibatch value.
 
 {table}
 
