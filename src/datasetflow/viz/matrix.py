@@ -13,25 +13,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, ShapeMismatchError
+from .plots import _matplotlib, _save
 
 __all__ = ["plot_distance_matrix", "plot_distance_scatter"]
 
 
-def _figure_class():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InvalidArgumentError(
-            "datasetflow.viz needs matplotlib, which is not installed: pip install 'datasetflow[viz]'"
-        ) from exc
-    return Figure
-
-
-def _save(fig: Any, path: str | Path | None) -> None:
-    if path is not None:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+#: Resolution of the matrix figures (the flow figures use their own, larger, pixel scale).
+_MATRIX_DPI = 120
 
 
 def plot_distance_matrix(
@@ -43,7 +31,7 @@ def plot_distance_matrix(
     if values.ndim != 2 or values.shape[0] != values.shape[1] or values.shape[0] != len(names):
         raise ShapeMismatchError(f"matrix must be (N, N) with N = len(names) = {len(names)}, got {values.shape}.")
     n = values.shape[0]
-    fig = _figure_class()(figsize=(1.2 + 0.7 * n, 0.9 + 0.6 * n))
+    fig = _matplotlib()(figsize=(1.2 + 0.7 * n, 0.9 + 0.6 * n))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(values, cmap="viridis")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -57,7 +45,7 @@ def plot_distance_matrix(
                 ax.text(j, i, f"{values[i, j]:.3g}", ha="center", va="center", fontsize=7, color=color)
     if title:
         ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    _save(fig, path, dpi=_MATRIX_DPI)
     return fig
 
 
@@ -70,7 +58,7 @@ def plot_distance_scatter(
         raise InvalidArgumentError("plot_distance_scatter needs at least one panel.")
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
-    fig = _figure_class()(figsize=(3.2 * columns, 2.8 * rows))
+    fig = _matplotlib()(figsize=(3.2 * columns, 2.8 * rows))
     for k, panel in enumerate(panels):
         ax = fig.add_subplot(rows, columns, k + 1)
         ax.scatter(np.asarray(panel["x"]), np.asarray(panel["y"]), s=8, alpha=0.7)
@@ -79,5 +67,5 @@ def plot_distance_scatter(
         ax.set_ylabel(panel.get("ylabel", ""), fontsize=7)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi=_MATRIX_DPI)
     return fig
