@@ -40,13 +40,16 @@ Usage::
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _images import (
+    ROOT,
     balanced,
     check_direction,
     data_available,
@@ -58,7 +61,7 @@ from _images import (
     write_json,
 )
 
-from datasetflow import LabeledDataset, mmd_sw_to, potential, run_flow
+from datasetflow import FlowResult, LabeledDataset, mmd_sw_to, potential, run_flow
 from datasetflow.models import ConvNet, accuracy, train_classifier
 from datasetflow.utils import seeded
 from datasetflow.viz import image_grid, plot_objective
@@ -67,13 +70,17 @@ DATASETS = {"mnist": "MNIST", "fashion-mnist": "FMNIST"}
 #: Published ambient-space (no embedding) accuracies in %: p = 10, 50 from a secondary summary (spec,
 #: wow.md); p = 1 from the WoW paper's table (66.5 MNIST, 60.0 Fashion-MNIST).
 PUBLISHED = {"mnist": {1: 66.5, 10: 93.0, 50: 97.0}, "fashion-mnist": {1: 60.0, 10: 77.0, 50: 84.0}}
-CONVNET_ITERATIONS, CONVNET_SEEDS, CONVNET_LR = 200, (0,), 1e-3
+#: ConvNet-3 schedule: the literature's 1,000 epochs, capped at CONVNET_IMAGE_BUDGET training images seen
+#: (iterations x batch) so that the grid fits a shared 2-core CPU: p = 1 (batch 10) gets the full 1,000 epochs,
+#: p = 10 and 50 (batch 64) get 400 iterations. Cost per iteration is measured and written to the JSON.
+CONVNET_EPOCHS, CONVNET_IMAGE_BUDGET, CONVNET_LR = 1000, 25_600, 1e-3
+CONVNET_SEEDS = {1: (0, 1, 2), 10: (0, 1), 50: (0, 1)}  # more seeds where the full schedule is cheap
 QUICK_FLOOR = 50.0  # % test accuracy the quick run's distilled p = 10 MNIST set must reach (LeNet evaluator)
 FMNIST_SPLIT_SEED = 0
 INIT_SEED, FLOW_SEED = 0, 0
 KERNEL, PROJECTIONS, TARGET_BATCH = "riesz", 500, 200
 TAU, MOMENTUM = 3.0, 0.9
-FULL = {"per_class": (1, 10, 50), "datasets": ("mnist", "fashion-mnist"), "steps": 400, "seeds": (0, 1, 2)}
+FULL = {"per_class": (1, 10, 50), "datasets": ("mnist", "fashion-mnist"), "steps": 500, "seeds": (0, 1, 2)}
 QUICK = {"per_class": (1, 10), "datasets": ("mnist",), "steps": 30, "seeds": (0,)}
 TRAIN_ITERATIONS, QUICK_TRAIN_ITERATIONS = 500, 100
 TRAIN_BATCH, TRAIN_LR = 64, 1e-3
@@ -81,7 +88,7 @@ GRID_P, GRID_PER_CLASS, GRID_RECORDS = 10, 3, 4
 
 
 def add_options(parser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="flow steps (default 400; 30 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="flow steps (default 500; 30 with --quick)")
     parser.add_argument("--per-class", type=int, nargs="+", default=None, help="p values (default 1 10 50; quick 1 10)")
     parser.add_argument(
         "--datasets", nargs="+", default=None, choices=list(DATASETS), help="datasets (default both; quick mnist)"
@@ -91,6 +98,19 @@ def add_options(parser) -> None:
         type=float,
         default=0.0,
         help="weight of the potential sum_j (x_j - clamp(x_j, 0, 1))^2 added to the flow (default 0: clamp only)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder of per-setting results (default build/distillation; quick: build/quick/distillation): a "
+        "setting already there with the same settings is loaded, not rerun, so several processes can share a grid",
+    )
+    parser.add_argument(
+        "--only-cached",
+        action="store_true",
+        help="run nothing: assemble the JSON and the page from the settings in --cache (the others are listed as "
+        "not run)",
     )
 
 
@@ -111,16 +131,31 @@ def splits(name: str, data_dir: str | None) -> tuple[LabeledDataset, LabeledData
     return mnist_split(data_dir) if name == "mnist" else fmnist_split(data_dir)
 
 
+def convnet_schedule(n: int) -> tuple[int, int, int]:
+    """``(batch, epochs, iterations)`` of the ConvNet-3 evaluator on ``n`` images: ``CONVNET_EPOCHS`` epochs,
+    fewer when they would exceed ``CONVNET_IMAGE_BUDGET`` training images seen."""
+    batch = min(TRAIN_BATCH, n)
+    per_epoch = math.ceil(n / batch)
+    epochs = max(1, min(CONVNET_EPOCHS, CONVNET_IMAGE_BUDGET // (batch * per_epoch)))
+    return batch, epochs, epochs * per_epoch
+
+
 def evaluate(
-    train: LabeledDataset, test: LabeledDataset, seeds, iterations: int, evaluator: str = "lenet"
+    train: LabeledDataset, test: LabeledDataset, seeds, iterations: int | None = None, evaluator: str = "lenet"
 ) -> dict[str, Any]:
-    """Test accuracy (%) of a network trained on ``train`` for about ``iterations`` Adam steps, per seed:
-    ``"lenet"`` (LeNet-5, 2-pixel translations, constant lr) or ``"convnet"`` (ConvNet-3, 128 channels,
-    instance norm, random affine augmentation, one-cycle schedule)."""
-    batch = min(TRAIN_BATCH, len(train))
-    epochs = math.ceil(iterations / math.ceil(len(train) / batch))
-    runs = []
+    """Test accuracy (%) of a network trained on ``train``, per seed: ``"lenet"`` (LeNet-5 for about
+    ``iterations`` Adam steps, 2-pixel translations, constant lr) or ``"convnet"`` (ConvNet-3, 128 channels,
+    instance norm, random affine augmentation, one-cycle schedule, :func:`convnet_schedule`). Also the
+    measured training seconds per iteration and the seconds of one test evaluation."""
+    if evaluator == "lenet":
+        batch = min(TRAIN_BATCH, len(train))
+        epochs = math.ceil(iterations / math.ceil(len(train) / batch))
+    else:
+        batch, epochs, _ = convnet_schedule(len(train))
+    done = epochs * math.ceil(len(train) / batch)
+    runs, per_iteration, test_seconds = [], [], []
     for seed in seeds:
+        tic = time.perf_counter()
         if evaluator == "lenet":
             model, _ = train_classifier(
                 train, epochs=epochs, batch_size=batch, lr=TRAIN_LR, optimizer="adam", seed=seed, augment=True
@@ -139,11 +174,20 @@ def evaluate(
                 augment="affine",
                 schedule="onecycle",
             )
+        toc = time.perf_counter()
         runs.append(100.0 * accuracy(model, test))
+        per_iteration.append((toc - tic) / done)
+        test_seconds.append(time.perf_counter() - toc)
     return {
         "mean": statistics.fmean(runs),
         "std": statistics.stdev(runs) if len(runs) > 1 else 0.0,
         "runs": runs,
+        "batch_size": batch,
+        "epochs": epochs,
+        "iterations": done,
+        "seconds_per_iteration": statistics.fmean(per_iteration),
+        "test_seconds": statistics.fmean(test_seconds),
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -151,20 +195,33 @@ def fmt(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.1f} ± {entry['std']:.1f}"
 
 
-def table(datasets: dict[str, dict], published: dict) -> list[str]:
+def table(datasets: dict[str, dict], published: dict, grid: dict[str, tuple[int, ...]]) -> list[str]:
     lines = [
-        "| dataset | p / class | ConvNet-3: distilled | ConvNet-3: random real | LeNet-5 (weak): distilled "
-        "| LeNet-5 (weak): random real | published (ambient) |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | p / class | ConvNet-3: distilled | ConvNet-3: random real | ConvNet-3 schedule (seeds) "
+        "| LeNet-5 (weak): distilled | LeNet-5 (weak): random real | published (ambient, distilled) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, per_p in datasets.items():
-        for p, entry in per_p.items():
+    for name, per_class in grid.items():
+        for p in per_class:
             pub = published[name].get(str(p))
             pub_text = "–" if pub is None else f"{pub:g}"
+            entry = datasets.get(name, {}).get(str(p))
+            if entry is None:
+                lines.append(f"| {DATASETS[name]} | {p} | not run | not run | – | not run | not run | {pub_text} |")
+                continue
             conv = entry.get("convnet")
-            conv_text = (f"{fmt(conv['distilled'])}", f"{fmt(conv['random_real'])}") if conv else ("–", "–")
+            if conv:
+                d = conv["distilled"]
+                conv_text = (
+                    fmt(d),
+                    fmt(conv["random_real"]),
+                    f"{d['epochs']} epochs = {d['iterations']} iterations of batch {d['batch_size']} "
+                    f"({len(d['runs'])})",
+                )
+            else:
+                conv_text = ("–", "–", "–")
             lines.append(
-                f"| {DATASETS[name]} | {p} | {conv_text[0]} | {conv_text[1]} | {fmt(entry['distilled'])} | "
+                f"| {DATASETS[name]} | {p} | {' | '.join(conv_text)} | {fmt(entry['distilled'])} | "
                 f"{fmt(entry['random_real'])} | {pub_text} |"
             )
     return lines
@@ -182,18 +239,141 @@ def verdict(datasets: dict[str, dict]) -> list[str]:
                     continue
                 d, r = e["distilled"], e["random_real"]
                 gap = d["mean"] - r["mean"]
-                # one ConvNet seed has no spread: use the LeNet seed-to-seed spread of the same setting
-                spread = max(d["std"], r["std"]) or max(entry["distilled"]["std"], entry["random_real"]["std"])
+                spread = max(d["std"], r["std"])
                 label = f"{DATASETS[name]} p={p} ({gap:+.1f})"
                 (beats if gap > spread else loses if gap < -spread else ties).append(label)
         if beats or ties or loses:
             out.append(
-                f"- {evaluator}: the flow beats random real beyond the spread for {', '.join(beats) or 'no setting'}; "
-                f"within the spread for {', '.join(ties) or 'no setting'}; worse for {', '.join(loses) or 'no setting'}"
-                " (distilled minus random real, points; the spread is the larger std of the two, or for one "
-                "ConvNet seed the LeNet std of the same setting)."
+                f"- **{evaluator}**: the flow beats random real beyond the spread for "
+                f"{', '.join(beats) or 'no setting'}; within the spread for {', '.join(ties) or 'no setting'}; "
+                f"worse for {', '.join(loses) or 'no setting'} (distilled minus random real, points; the spread is "
+                "the larger std over seeds of the two)."
             )
     return out
+
+
+def cost_lines(datasets: dict[str, dict]) -> list[str]:
+    """Generated: the measured cost of one ConvNet-3 iteration per p and what the full schedule would take."""
+    per_p: dict[int, list[dict]] = {}
+    for per_class in datasets.values():
+        for p, entry in per_class.items():
+            if entry.get("convnet"):
+                per_p.setdefault(int(p), []).extend(entry["convnet"].values())
+    if not per_p:
+        return []
+    parts, full_seconds, run_seconds = [], 0.0, 0.0
+    for p in sorted(per_p):
+        runs = per_p[p]
+        ms = 1000.0 * statistics.fmean(r["seconds_per_iteration"] for r in runs)
+        test = statistics.fmean(r["test_seconds"] for r in runs)
+        load = statistics.fmean(r["load_average_1min"] for r in runs)
+        batch = runs[0]["batch_size"]
+        n = 10 * p
+        full_iterations = CONVNET_EPOCHS * math.ceil(n / batch)
+        for r in runs:
+            run_seconds += len(r["runs"]) * (r["iterations"] * r["seconds_per_iteration"] + r["test_seconds"])
+            full_seconds += len(r["runs"]) * (full_iterations * r["seconds_per_iteration"] + r["test_seconds"])
+        parts.append(
+            f"p = {p}: {ms:.0f} ms per iteration (batch {batch}), {test:.0f} s per test evaluation "
+            f"(load average {load:.1f})"
+        )
+    return [
+        f"- Measured ConvNet-3 cost (1 torch thread, `nice -n 15`, on the shared 2-core CPU): {'; '.join(parts)}. "
+        f"The ConvNet-3 trainings of this table took {run_seconds / 60:.0f} CPU-process minutes; the literature's "
+        f"{CONVNET_EPOCHS:,} epochs for every setting, same seeds, would take about {full_seconds / 3600:.1f} h at "
+        "these rates, so p = 10 and 50 are cut to the image budget (p = 1 runs the full schedule)."
+    ]
+
+
+def setting_key(name: str, p: int, steps: int, args, mode: dict, iterations: int) -> dict[str, Any]:
+    """Everything that determines one setting's numbers (a cached setting is reused only when all agree)."""
+    return {
+        "dataset": name,
+        "per_class": p,
+        "steps": steps,
+        "kernel": KERNEL,
+        "projections": PROJECTIONS,
+        "target_batch": TARGET_BATCH,
+        "tau": TAU,
+        "momentum": MOMENTUM,
+        "range_weight": args.range_weight,
+        "init_seed": INIT_SEED,
+        "flow_seed": FLOW_SEED,
+        "lenet": [iterations, list(mode["seeds"]), TRAIN_BATCH, TRAIN_LR],
+        "convnet": None
+        if args.quick
+        else [CONVNET_EPOCHS, CONVNET_IMAGE_BUDGET, CONVNET_LR, list(CONVNET_SEEDS.get(p, (0, 1)))],
+    }
+
+
+def run_setting(name, p, train, test, steps, args, mode, iterations, figures) -> tuple[dict, FlowResult]:
+    """Flow ``p`` images per class of ``train`` and evaluate them and their starting images on ``test``."""
+    target = train.with_class_weights("uniform")
+    initial = balanced(train, p, seed=INIT_SEED).with_class_weights("uniform")
+    functional = mmd_sw_to(target, kernel=KERNEL, n_projections=PROJECTIONS, target_batch=TARGET_BATCH, seed=FLOW_SEED)
+    if args.range_weight > 0:
+        functional = functional + args.range_weight * potential(
+            lambda x, y: ((x - x.clamp(0.0, 1.0)) ** 2).sum(1), name="pixel_range"
+        )
+    result = run_flow(
+        functional,
+        initial,
+        optimizer="momentum",
+        step_size=TAU,
+        steps=steps,
+        record_every=max(1, steps // GRID_RECORDS),
+        optimizer_options={"momentum": MOMENTUM},
+    )
+    raw = result.final.x
+    distilled = result.final.with_features(raw.clamp(0.0, 1.0))
+    objective = result.objective
+    tail = objective[-max(1, len(objective) // 10) :]
+    seeds = CONVNET_SEEDS.get(p, (0, 1))
+    entry = {
+        "distilled": evaluate(distilled, test, mode["seeds"], iterations),
+        "random_real": evaluate(initial, test, mode["seeds"], iterations),
+        "convnet": None
+        if args.quick
+        else {
+            "distilled": evaluate(distilled, test, seeds, evaluator="convnet"),
+            "random_real": evaluate(initial, test, seeds, evaluator="convnet"),
+        },
+        "flow_seconds": result.seconds,
+        "objective_first": objective[0],
+        "objective_last": objective[-1],
+        "objective_last_tenth_mean": statistics.fmean(tail),
+        "pixels_out_of_range_before_clamp": float(((raw < 0) | (raw > 1)).double().mean()),
+        "mean_pixel_excess_before_clamp": float((raw - raw.clamp(0.0, 1.0)).abs().double().mean()),
+        "mean_l2_displacement": float((raw - initial.x).norm(dim=1).mean()),
+    }
+    if p == GRID_P:
+        grid = figures / f"distill_{name}.png"
+        image_grid(
+            result,
+            path=grid,
+            per_class=GRID_PER_CLASS,
+            seed=0,
+            title=f"{DATASETS[name]}, p={p}: initial (step 0) -> distilled (step {steps})",
+        )
+        print(f"wrote {grid}")
+    return entry, result
+
+
+def cached_result(payload: dict, train: LabeledDataset) -> FlowResult:
+    """A :class:`FlowResult` holding a cached setting's distilled images and objective (for the objective plot)."""
+    final = LabeledDataset(payload["distilled_x"], payload["distilled_y"], classes=train.classes)
+    objective = payload["objective"]
+    return FlowResult(
+        final=final,
+        objective=objective,
+        terms={"objective": objective},
+        steps=len(objective),
+        stopped="steps",
+        trajectory=None,
+        label_history=[],
+        classes=tuple(train.classes),
+        seconds=payload["entry"]["flow_seconds"],
+    )
 
 
 def main(argv=None) -> None:
@@ -207,9 +387,10 @@ def main(argv=None) -> None:
         mode["per_class"] = tuple(args.per_class)
     if args.datasets:
         mode["datasets"] = tuple(args.datasets)
+    cache = args.cache or (ROOT / "build" / ("quick" if args.quick else "") / "distillation")
+    cache.mkdir(parents=True, exist_ok=True)
     steps = args.steps if args.steps is not None else mode["steps"]
     iterations = QUICK_TRAIN_ITERATIONS if args.quick else TRAIN_ITERATIONS
-    record_every = max(1, steps // GRID_RECORDS)
     settings = {
         "objective": "1/2 MMD^2 with the Riesz SW kernel K = -SW2 to the training set (uniform class masses)",
         "kernel": KERNEL,
@@ -240,12 +421,14 @@ def main(argv=None) -> None:
             "optimizer": "adam, one-cycle schedule",
             "lr_max": CONVNET_LR,
             "batch_size": f"min({TRAIN_BATCH}, n)",
-            "iterations": f"about {CONVNET_ITERATIONS} (reduced schedule; the literature: about 1,000 epochs)",
+            "epochs": f"min({CONVNET_EPOCHS}, {CONVNET_IMAGE_BUDGET} images seen / n) (reduced for p >= 10; "
+            f"the literature: about {CONVNET_EPOCHS} epochs)",
             "augment": "random affine (rotation <= 10 deg, scale 0.9-1.1, shear <= 0.15, translation <= 10 %)",
-            "seeds": list(CONVNET_SEEDS),
+            "seeds": {str(p): list(CONVNET_SEEDS.get(p, (0, 1))) for p in mode["per_class"]},
         },
         "splits": {},
         "threads": torch.get_num_threads(),
+        "cache": str(cache),
     }
     datasets: dict[str, dict] = {}
     flows, labels = [], []
@@ -257,54 +440,39 @@ def main(argv=None) -> None:
             else f"Fashion-MNIST test split halved per class, default_rng({FMNIST_SPLIT_SEED})"
         )
         settings["splits"][name] = {"train": len(train), "test": len(test), "note": note}
-        target = train.with_class_weights("uniform")
         datasets[name] = {}
         for p in mode["per_class"]:
-            initial = balanced(train, p, seed=INIT_SEED).with_class_weights("uniform")
-            functional = mmd_sw_to(
-                target, kernel=KERNEL, n_projections=PROJECTIONS, target_batch=TARGET_BATCH, seed=FLOW_SEED
-            )
-            if args.range_weight > 0:
-                functional = functional + args.range_weight * potential(
-                    lambda x, y: ((x - x.clamp(0.0, 1.0)) ** 2).sum(1), name="pixel_range"
+            key = setting_key(name, p, steps, args, mode, iterations)
+            path = cache / f"{name}_p{p}.pt"
+            payload = torch.load(path, weights_only=False) if path.is_file() else None
+            if payload is not None and payload["key"] == key:
+                entry, result = payload["entry"], cached_result(payload, train)
+                print(f"{DATASETS[name]} p={p}: loaded from {path}")
+            elif args.only_cached:
+                print(f"{DATASETS[name]} p={p}: not in {path} (--only-cached): not run")
+                continue
+            else:
+                entry, result = run_setting(name, p, train, test, steps, args, mode, iterations, args.figures)
+                raw = result.final.x.detach().clamp(0.0, 1.0)
+                torch.save(
+                    {
+                        "key": key,
+                        "entry": entry,
+                        "objective": list(result.objective),
+                        "distilled_x": raw,
+                        "distilled_y": result.final.y,
+                    },
+                    path,
                 )
-            result = run_flow(
-                functional,
-                initial,
-                optimizer="momentum",
-                step_size=TAU,
-                steps=steps,
-                record_every=record_every,
-                optimizer_options={"momentum": MOMENTUM},
-            )
-            raw = result.final.x
-            distilled = result.final.with_features(raw.clamp(0.0, 1.0))
-            objective = result.objective
-            tail = objective[-max(1, len(objective) // 10) :]
-            entry = {
-                "distilled": evaluate(distilled, test, mode["seeds"], iterations),
-                "random_real": evaluate(initial, test, mode["seeds"], iterations),
-                "convnet": None
-                if args.quick
-                else {
-                    "distilled": evaluate(distilled, test, CONVNET_SEEDS, CONVNET_ITERATIONS, "convnet"),
-                    "random_real": evaluate(initial, test, CONVNET_SEEDS, CONVNET_ITERATIONS, "convnet"),
-                },
-                "flow_seconds": result.seconds,
-                "objective_first": objective[0],
-                "objective_last": objective[-1],
-                "objective_last_tenth_mean": statistics.fmean(tail),
-                "pixels_out_of_range_before_clamp": float(((raw < 0) | (raw > 1)).double().mean()),
-                "mean_pixel_excess_before_clamp": float((raw - raw.clamp(0.0, 1.0)).abs().double().mean()),
-                "mean_l2_displacement": float((raw - initial.x).norm(dim=1).mean()),
-            }
+                print(f"saved {path}")
             datasets[name][str(p)] = entry
             flows.append(result)
             labels.append(f"{DATASETS[name]} p={p}")
             print(
-                f"{DATASETS[name]} p={p}: objective {objective[0]:.4g} -> {entry['objective_last_tenth_mean']:.4g} "
-                f"(mean of the last tenth), flow {result.seconds:.1f}s; accuracy distilled {fmt(entry['distilled'])}, "
-                f"random real {fmt(entry['random_real'])}"
+                f"{DATASETS[name]} p={p}: objective {entry['objective_first']:.4g} -> "
+                f"{entry['objective_last_tenth_mean']:.4g} (mean of the last tenth), "
+                f"flow {entry['flow_seconds']:.1f}s; "
+                f"accuracy distilled {fmt(entry['distilled'])}, random real {fmt(entry['random_real'])}"
                 + (
                     f"; ConvNet-3 distilled {fmt(entry['convnet']['distilled'])}, "
                     f"random real {fmt(entry['convnet']['random_real'])}"
@@ -313,19 +481,10 @@ def main(argv=None) -> None:
                 ),
                 flush=True,
             )
-            if p == GRID_P:
-                grid = args.figures / f"distill_{name}.png"
-                image_grid(
-                    result,
-                    path=grid,
-                    per_class=GRID_PER_CLASS,
-                    seed=0,
-                    title=f"{DATASETS[name]}, p={p}: initial (step 0) -> distilled (step {steps})",
-                )
-                print(f"wrote {grid}")
-    curve = args.figures / "distill_objective.png"
-    plot_objective(flows, labels=labels, path=curve, title="MMD-SW^2 / 2 to the training set (Riesz kernel)")
-    print(f"wrote {curve}")
+    if flows:
+        curve = args.figures / "distill_objective.png"
+        plot_objective(flows, labels=labels, path=curve, title="MMD-SW^2 / 2 to the training set (Riesz kernel)")
+        print(f"wrote {curve}")
 
     published = {name: {str(p): PUBLISHED[name].get(p) for p in mode["per_class"]} for name in mode["datasets"]}
     seconds = time.perf_counter() - start
@@ -341,48 +500,56 @@ def main(argv=None) -> None:
             "peak_rss_mb": peak,
         },
     )
-    rows = table(datasets, published)
+    grid = {name: mode["per_class"] for name in mode["datasets"]}
+    rows = table(datasets, published, grid)
+    missing = [f"{DATASETS[n]} p={p}" for n in mode["datasets"] for p in mode["per_class"] if str(p) not in datasets[n]]
     command = "python experiments/distillation.py --threads 1"
-    if mode["per_class"] != FULL["per_class"] or mode["datasets"] != FULL["datasets"]:
-        command += f" --datasets {' '.join(mode['datasets'])} --per-class {' '.join(map(str, mode['per_class']))}"
+    if mode["per_class"] != FULL["per_class"] or mode["datasets"] != FULL["datasets"] or missing:
+        if mode["per_class"] != FULL["per_class"] or mode["datasets"] != FULL["datasets"]:
+            command += f" --datasets {' '.join(mode['datasets'])} --per-class {' '.join(map(str, mode['per_class']))}"
         rows += [
             "",
-            f"**Reduced run**: only {', '.join(DATASETS[d] for d in mode['datasets'])} with p = "
-            f"{', '.join(map(str, mode['per_class']))} were run here (the full grid, p = 1, 10, 50 on both datasets, "
-            "did not fit the CPU time left on a shared machine); the missing rows are not reported.",
+            f"**Reduced run**: {', '.join(missing) or 'the settings outside this grid'} did not run (they did not fit "
+            "the CPU time left on a shared machine); they are not reported.",
         ]
     print("\n".join(rows))
     n_train = {name: s["train"] for name, s in settings["splits"].items()}
+    flow_seconds = [e["flow_seconds"] for per_p in datasets.values() for e in per_p.values()]
     markdown = "\n".join(
         [
             "## Dataset distillation (WoW, MMD-SW, pixel space)",
             "",
-            f"`{command}` — p images per class, initialised from p real "
-            f"training images per class (seed {INIT_SEED}), flowed for {steps} steps (momentum 0.9, tau = {TAU:g}, "
-            f"Riesz SW kernel, L = {PROJECTIONS} fresh directions and {TARGET_BATCH} target images per class per "
-            "step) towards the training set, then clamped to [0, 1]; one flow per setting. Evaluators, trained on "
-            "the distilled set and, for *random real*, on the same initial images not flowed, then tested "
-            "(accuracy in %, mean ± std over training seeds):",
+            f"`{command}` (the grid ran as two processes, `--datasets mnist` and `--datasets fashion-mnist`, "
+            "sharing the per-setting cache, then `--only-cached` assembled it) — p images per class, initialised "
+            f"from p real training images per class (seed {INIT_SEED}), flowed for {steps} steps (momentum 0.9, "
+            f"tau = {TAU:g}, Riesz SW kernel, L = {PROJECTIONS} fresh directions and {TARGET_BATCH} target images "
+            "per class per step) towards the training set, then clamped to [0, 1]; one flow per setting. "
+            "Evaluators, trained on the distilled set and, for *random real*, on the same initial images not "
+            "flowed, then tested (accuracy in %, mean ± std over training seeds):",
             "",
-            f"- ConvNet-3 (128 channels, instance norm), the papers' evaluator, on a **reduced schedule**: about "
-            f"{CONVNET_ITERATIONS} Adam iterations (one-cycle, peak lr {CONVNET_LR:g}) of batch min(64, n) with "
-            f"random affine augmentation, {len(CONVNET_SEEDS)} seed(s); the literature trains about 1,000 epochs. "
-            "Chosen so that the ConvNet trainings fit about 15 minutes of a shared 2-core CPU.",
+            f"- ConvNet-3 (128 channels, instance norm), the papers' evaluator: Adam (one-cycle, peak lr "
+            f"{CONVNET_LR:g}), batch min(64, n), random affine augmentation, for {CONVNET_EPOCHS:,} epochs "
+            f"(the literature's schedule) but at most {CONVNET_IMAGE_BUDGET:,} training images seen: p = 1 runs "
+            "the full schedule, p = 10 and 50 a **reduced** one (the schedule column; cost below). Seeds: "
+            + ", ".join(f"{len(v)} for p = {p}" for p, v in CONVNET_SEEDS.items())
+            + ".",
             f"- LeNet-5, the earlier weak evaluator: Adam, lr {TRAIN_LR:g}, about {iterations} iterations of batch "
             f"min(64, n), random 2-pixel translations, {len(mode['seeds'])} seeds.",
             "",
             *rows,
             "",
             *verdict(datasets),
+            *cost_lines(datasets),
             f"- Data: the MNIST train split is not available offline; the MNIST training set (flow target) is the "
             f"stratified half of the MNIST test split ({n_train.get('mnist', '–')} images), the test set its other "
-            f"half. Fashion-MNIST: its test split halved per class (default_rng({FMNIST_SPLIT_SEED})). The published "
-            "numbers (ambient space; p = 10 and 50 from a secondary summary, p = 1 from the WoW paper) used the 60k "
+            f"half. Fashion-MNIST: its test split halved per class (default_rng({FMNIST_SPLIT_SEED}); "
+            f"{n_train.get('fashion-mnist', '–')} train images). The published numbers (ambient space, distilled "
+            "sets only; p = 10 and 50 from a secondary summary, spec/wow.md; p = 1 from the WoW paper) used the 60k "
             "train splits, the 10k test splits, many more flow iterations and a fully trained ConvNet-3; they are "
             "not a like-for-like comparison. Causes of the gaps to them: 12x fewer training images, a flow of "
-            f"{steps} steps, and the reduced evaluator schedule.",
-            f"- Wall time {seconds:.0f} s, peak memory {peak:.0f} MB ({settings['threads']} torch thread(s), as in "
-            "the JSON; CPU).",
+            f"{steps} steps, and the reduced evaluator schedule for p >= 10.",
+            f"- Flows: {sum(flow_seconds) / 60:.0f} min in all; wall time of the assembling run {seconds:.0f} s, its "
+            f"peak memory {peak:.0f} MB ({settings['threads']} torch thread(s), as in the JSON; CPU).",
             "- Figures: `docs/figures/distill_mnist.png`, `docs/figures/distill_fashion-mnist.png` (p = 10, three "
             "images per class along the flow; first column initial, last column distilled), "
             "`docs/figures/distill_objective.png` (objective per step; noisy because the directions and the target "
