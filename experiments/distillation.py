@@ -80,7 +80,7 @@ FMNIST_SPLIT_SEED = 0
 INIT_SEED, FLOW_SEED = 0, 0
 KERNEL, PROJECTIONS, TARGET_BATCH = "riesz", 500, 200
 TAU, MOMENTUM = 3.0, 0.9
-FULL = {"per_class": (1, 10, 50), "datasets": ("mnist", "fashion-mnist"), "steps": 500, "seeds": (0, 1, 2)}
+FULL = {"per_class": (1, 10, 50), "datasets": ("mnist", "fashion-mnist"), "steps": 600, "seeds": (0, 1, 2)}
 QUICK = {"per_class": (1, 10), "datasets": ("mnist",), "steps": 30, "seeds": (0,)}
 TRAIN_ITERATIONS, QUICK_TRAIN_ITERATIONS = 500, 100
 TRAIN_BATCH, TRAIN_LR = 64, 1e-3
@@ -88,7 +88,7 @@ GRID_P, GRID_PER_CLASS, GRID_RECORDS = 10, 3, 4
 
 
 def add_options(parser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="flow steps (default 500; 30 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="flow steps (default 600; 30 with --quick)")
     parser.add_argument("--per-class", type=int, nargs="+", default=None, help="p values (default 1 10 50; quick 1 10)")
     parser.add_argument(
         "--datasets", nargs="+", default=None, choices=list(DATASETS), help="datasets (default both; quick mnist)"
