@@ -110,6 +110,7 @@ def pseudo_labels(
     n_components: int = 50,
     seed: int = 0,
     method: str = "kmeans",
+    consensus: int = 1,
 ) -> LabeledDataset:
     r"""Label unlabeled samples by the identity of their cluster (paper §6.3).
 
@@ -122,6 +123,16 @@ def pseudo_labels(
     (unweighted; 5 restarts), :math:`\tilde y_i` the most probable component.
     Needs scikit-learn (``pip install 'datasetflow[cluster]'``).
 
+    ``consensus = R > 1`` (evidence accumulation, Fred & Jain 2005): the embedding and the clustering
+    are run with the seeds ``seed, ..., seed + R - 1`` (a seeded embedding such as UMAP differs per
+    seed), giving partitions :math:`\tilde y^{(1)}, \dots, \tilde y^{(R)}`; with the co-association
+
+    .. math:: C_{ij} = \frac1R \sum_{r=1}^R \mathbf 1[\tilde y^{(r)}_i = \tilde y^{(r)}_j],
+
+    the labels are the ``K`` clusters of average-linkage agglomerative clustering of the distances
+    :math:`1 - C`. It uses no labels: it keeps what the runs agree on and removes the seed-to-seed
+    variance of a single run.
+
     Args:
         dataset_or_x: ``(n, d)`` features (or ``(n, *feature_shape)``), or a :class:`LabeledDataset`
             whose labels are ignored (its weights and ``feature_shape`` are kept).
@@ -131,6 +142,7 @@ def pseudo_labels(
         n_components: PCA dimension for ``embedding="pca"``.
         seed: seeds k-means (10 restarts) or the mixture, the randomised PCA, the autoencoder and UMAP.
         method: ``"kmeans"`` or ``"gmm"``.
+        consensus: number ``R >= 1`` of seeded runs combined by co-association (1: a single run).
 
     Returns:
         A :class:`LabeledDataset` with the original features (not the embedding), labels the cluster
@@ -142,21 +154,33 @@ def pseudo_labels(
     weights = dataset_or_x.weights if isinstance(dataset_or_x, LabeledDataset) else None
     n = x.shape[0]
     check_positive_int("n_clusters", n_clusters)
+    check_positive_int("consensus", consensus)
     if n_clusters > n:
         raise InvalidArgumentError(f"n_clusters={n_clusters} exceeds the number of samples n={n}.")
     try:
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import AgglomerativeClustering, KMeans
         from sklearn.mixture import GaussianMixture
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise missing_extra("pseudo_labels", "scikit-learn", "cluster") from exc
-    points = embed(x, embedding, n_components=n_components, seed=seed, feature_shape=feature_shape)
-    points = points.cpu().double().numpy()
-    if method == "kmeans":
-        sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
-        codes = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points, sample_weight=sample_weight)
+
+    def one_run(run_seed: int) -> np.ndarray:
+        points = embed(x, embedding, n_components=n_components, seed=run_seed, feature_shape=feature_shape)
+        points = points.cpu().double().numpy()
+        if method == "kmeans":
+            sample_weight = None if weights is None else weights.detach().cpu().double().numpy() * n
+            return KMeans(n_clusters, n_init=10, random_state=run_seed).fit_predict(points, sample_weight=sample_weight)
+        mixture = GaussianMixture(n_clusters, covariance_type="full", n_init=5, reg_covar=1e-4, random_state=run_seed)
+        return mixture.fit(points).predict(points)
+
+    if consensus == 1:
+        codes = one_run(seed)
     else:
-        mixture = GaussianMixture(n_clusters, covariance_type="full", n_init=5, reg_covar=1e-4, random_state=seed)
-        codes = mixture.fit(points).predict(points)
+        co = np.zeros((n, n))
+        for r in range(consensus):
+            run = one_run(seed + r)
+            co += run[:, None] == run[None, :]
+        distance = 1.0 - co / consensus
+        codes = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average").fit_predict(distance)
     _, codes = np.unique(codes, return_inverse=True)
     name = dataset_or_x.name if isinstance(dataset_or_x, LabeledDataset) else None
     return LabeledDataset(x.reshape(n, *feature_shape), codes.reshape(-1), weights=weights, name=name)
