@@ -103,7 +103,7 @@ def add_options(parser) -> None:
         "--cache",
         type=Path,
         default=None,
-        help="folder of per-setting results (default build/distillation; quick: build/quick/distillation): a "
+        help="folder of per-setting results (default build/distillation; quick: <results>/distillation_cache): a "
         "setting already there with the same settings is loaded, not rerun, so several processes can share a grid",
     )
     parser.add_argument(
@@ -387,7 +387,8 @@ def main(argv=None) -> None:
         mode["per_class"] = tuple(args.per_class)
     if args.datasets:
         mode["datasets"] = tuple(args.datasets)
-    cache = args.cache or (ROOT / "build" / ("quick" if args.quick else "") / "distillation")
+    # quick runs cache next to their results (a fresh folder in the tests), so they always run
+    cache = args.cache or (args.results / "distillation_cache" if args.quick else ROOT / "build" / "distillation")
     cache.mkdir(parents=True, exist_ok=True)
     steps = args.steps if args.steps is not None else mode["steps"]
     iterations = QUICK_TRAIN_ITERATIONS if args.quick else TRAIN_ITERATIONS

@@ -120,6 +120,23 @@ def test_pseudo_label_embeddings_separate_bar_orientations(embedding, method):
     assert clustering_accuracy(data.y, clusters.y)[0] == 1.0
 
 
+def test_consensus_pseudo_labels_agree_with_a_stable_single_run_and_validate():
+    pytest.importorskip("sklearn")
+    g = torch.Generator().manual_seed(3)
+    centres = torch.tensor([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]])
+    x = torch.cat([c + 0.5 * torch.randn(25, 2, generator=g) for c in centres])
+    truth = torch.arange(4).repeat_interleave(25)
+    data = LabeledDataset(x, truth)
+    single = pseudo_labels(data, 4, method="kmeans", seed=0)
+    merged = pseudo_labels(data, 4, method="kmeans", seed=0, consensus=5)
+    # well-separated blobs: every run finds them, so the co-association is 0/1 and its clusters are the blobs
+    assert clustering_accuracy(truth, merged.y)[0] == 1.0
+    assert clustering_accuracy(single.y, merged.y)[0] == 1.0
+    assert merged.num_classes == 4 and merged.x.shape == x.shape
+    with pytest.raises(InvalidArgumentError, match="consensus"):
+        pseudo_labels(data, 4, consensus=0)
+
+
 def test_autoencoder_codes_are_seeded_and_reconstruct():
     from datasetflow.labels.embeddings import autoencoder_codes
 
