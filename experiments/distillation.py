@@ -13,9 +13,10 @@ to [0, 1]. Two evaluators are trained on the distilled set and tested on held-ou
 baseline (*random real*) trains the same networks on the ``p`` real images the flow started from:
 
 * the papers' evaluator, a ConvNet-3 (128 channels, instance norm, average pooling;
-  ``datasetflow.models.ConvNet``) with random affine augmentation, on a **reduced schedule** that fits
-  a shared 2-core CPU: ``CONVNET_ITERATIONS`` Adam iterations of batch min(64, n), one-cycle schedule,
-  ``CONVNET_SEEDS`` (the literature trains about 1,000 epochs, i.e. far longer);
+  ``datasetflow.models.ConvNet``) with random affine augmentation, Adam with a one-cycle schedule,
+  batch min(64, n), for the literature's ``CONVNET_EPOCHS`` = 1,000 epochs but at most
+  ``CONVNET_IMAGE_BUDGET`` training images seen (``convnet_schedule``): p = 1 gets the full schedule,
+  p = 10 and 50 a **reduced** one that fits a shared 2-core CPU; seeds 0..K-1 (``--convnet-seeds``);
 * the earlier weak evaluator, a LeNet-5 for about 500 Adam iterations with 2-pixel translations
   (3 seeds), kept for comparison.
 
@@ -29,9 +30,16 @@ Writes ``results/distillation.json``, the ``distillation`` section of docs/resul
 figures ``distill_<dataset>.png`` (the p = 10 images along the flow, first column initial, last
 column distilled) and ``distill_objective.png`` into ``--figures``.
 
+Every setting (dataset, p) is cached in ``--cache`` (default ``build/distillation``): the distilled
+images, the LeNet numbers and each ConvNet-3 seed, saved after every training. A setting is reused
+only when all its settings agree, so the grid can run as several processes and in seed passes.
+
 Usage::
 
     python experiments/distillation.py --threads 1           # full run (MNIST and Fashion-MNIST, p = 1, 10, 50)
+    # as run for docs/results.md: one process per dataset, seed passes K = 1, 2, 3, then the assembly
+    python experiments/distillation.py --threads 1 --datasets mnist --convnet-seeds 1   # (and fashion-mnist; K = 2, 3)
+    python experiments/distillation.py --threads 1 --only-cached                       # JSON + page from the cache
     python experiments/distillation.py --quick --threads 1   # smoke test (MNIST, p = 1, 10, few steps, 1 seed,
                                                              # LeNet only); fails unless the objective falls
                                                              # and distilled p = 10 reaches QUICK_FLOOR
