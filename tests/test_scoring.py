@@ -137,6 +137,20 @@ def test_consensus_pseudo_labels_agree_with_a_stable_single_run_and_validate():
         pseudo_labels(data, 4, consensus=0)
 
 
+def test_consensus_labels_keep_what_most_partitions_agree_on():
+    pytest.importorskip("sklearn")
+    from datasetflow.labels import consensus_labels
+
+    # two of three runs split {0,1,2} | {3,4,5}; the third moves sample 3 (and renames its clusters)
+    runs = [[0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]]
+    codes = consensus_labels(torch.tensor(runs), 2)
+    assert clustering_accuracy(torch.tensor([0, 0, 0, 1, 1, 1]), torch.as_tensor(codes))[0] == 1.0
+    with pytest.raises(ShapeMismatchError, match="partitions"):
+        consensus_labels(torch.zeros(6), 2)
+    with pytest.raises(InvalidArgumentError, match="n_clusters"):
+        consensus_labels(torch.zeros(1, 3), 4)
+
+
 def test_autoencoder_codes_are_seeded_and_reconstruct():
     from datasetflow.labels.embeddings import autoencoder_codes
 

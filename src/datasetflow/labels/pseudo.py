@@ -23,7 +23,15 @@ from .costs import LabelCost
 from .embeddings import autoencoder_codes, hog_features, umap_embedding
 from .matching import label_distance_matrix, match_classes
 
-__all__ = ["pseudo_labels", "align_pseudo_labels", "embed", "CLUSTERING_METHODS", "EMBEDDINGS", "ALIGN_COSTS"]
+__all__ = [
+    "pseudo_labels",
+    "consensus_labels",
+    "align_pseudo_labels",
+    "embed",
+    "CLUSTERING_METHODS",
+    "EMBEDDINGS",
+    "ALIGN_COSTS",
+]
 
 CLUSTERING_METHODS = ("kmeans", "gmm")
 EMBEDDINGS = ("pca", "hog", "autoencoder", "umap")
@@ -158,7 +166,7 @@ def pseudo_labels(
     if n_clusters > n:
         raise InvalidArgumentError(f"n_clusters={n_clusters} exceeds the number of samples n={n}.")
     try:
-        from sklearn.cluster import AgglomerativeClustering, KMeans
+        from sklearn.cluster import KMeans
         from sklearn.mixture import GaussianMixture
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise missing_extra("pseudo_labels", "scikit-learn", "cluster") from exc
@@ -175,15 +183,35 @@ def pseudo_labels(
     if consensus == 1:
         codes = one_run(seed)
     else:
-        co = np.zeros((n, n))
-        for r in range(consensus):
-            run = one_run(seed + r)
-            co += run[:, None] == run[None, :]
-        distance = 1.0 - co / consensus
-        codes = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average").fit_predict(distance)
+        codes = consensus_labels(np.stack([one_run(seed + r) for r in range(consensus)]), n_clusters)
     _, codes = np.unique(codes, return_inverse=True)
     name = dataset_or_x.name if isinstance(dataset_or_x, LabeledDataset) else None
     return LabeledDataset(x.reshape(n, *feature_shape), codes.reshape(-1), weights=weights, name=name)
+
+
+def consensus_labels(partitions: np.ndarray | torch.Tensor, n_clusters: int) -> np.ndarray:
+    r"""Consensus of ``R`` partitions ``(R, n)`` of the same samples (evidence accumulation).
+
+    With the co-association :math:`C_{ij} = \frac1R \sum_r \mathbf 1[y^{(r)}_i = y^{(r)}_j]`, the
+    result is the ``n_clusters`` clusters of average-linkage agglomerative clustering of :math:`1 - C`
+    (cluster ids ``0..K-1``). Uses no labels; :func:`pseudo_labels` with ``consensus > 1`` calls it.
+    """
+    runs = np.asarray(partitions)
+    if runs.ndim != 2 or runs.shape[0] < 1:
+        raise ShapeMismatchError(f"partitions must have shape (R, n) with R >= 1, got {tuple(runs.shape)}.")
+    check_positive_int("n_clusters", n_clusters)
+    if n_clusters > runs.shape[1]:
+        raise InvalidArgumentError(f"n_clusters={n_clusters} exceeds the number of samples n={runs.shape[1]}.")
+    try:
+        from sklearn.cluster import AgglomerativeClustering
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise missing_extra("consensus_labels", "scikit-learn", "cluster") from exc
+    co = np.zeros((runs.shape[1], runs.shape[1]))
+    for run in runs:
+        co += run[:, None] == run[None, :]
+    distance = 1.0 - co / runs.shape[0]
+    codes = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average").fit_predict(distance)
+    return np.unique(codes, return_inverse=True)[1]
 
 
 def _class_means(dataset: LabeledDataset) -> torch.Tensor:
