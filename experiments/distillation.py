@@ -325,9 +325,12 @@ def cost_lines(datasets: dict[str, dict]) -> list[str]:
         )
     return [
         f"- Measured ConvNet-3 cost (1 torch thread, `nice -n 15`, on the shared 2-core CPU): {'; '.join(parts)}. "
-        f"The ConvNet-3 trainings of this table took {run_seconds / 60:.0f} CPU-process minutes; the literature's "
-        f"{CONVNET_EPOCHS:,} epochs for every setting, same seeds, would take about {full_seconds / 3600:.1f} h at "
-        "these rates, so p = 10 and 50 are cut to the image budget (p = 1 runs the full schedule)."
+        f"The ConvNet-3 trainings of this table took {run_seconds / 60:.0f} process-minutes (two processes in "
+        f"parallel); the literature's {CONVNET_EPOCHS:,} epochs for every setting, same seeds, would take about "
+        f"{full_seconds / 3600:.1f} process-hours at these rates, while the whole grid (flows included) had about 80 "
+        "minutes of wall time on a CPU shared with other jobs (the load average above, on 2 cores). So p = 10 and "
+        "50 are cut to the image budget, p = 1 runs the full schedule, and seeds were added one pass over the grid "
+        "at a time until the time ran out."
     ]
 
 
