@@ -386,15 +386,34 @@ def _sharded_large_n(world: World) -> dict:
     source, target = _otdd_problem()
     part = shard(source, world)
     out = {name: _otdd_grad(part, target, world, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    for name, options in MINIBATCH_SPLIT_CASES.items():
+        x = part.x.clone().requires_grad_()
+        result = otdd(part.with_features(x), target, world=world, outer="minibatch", **options)
+        (grad,) = torch.autograd.grad(result.distance_squared, x)
+        out[name] = (result.distance_squared.detach(), grad, result.ot.config["solved_here"], result.ot.stderr)
     for name, options in LARGE_N_CASES.items():
         out[f"flow-{name}"] = run_flow(otdd_to(target, **_flow_options(options)), part, steps=5, step_size=0.5).final.x
     return out
+
+
+# the minibatch pairs split over the ranks: K = 7 pairs (uneven over 2 and 3 ranks), K = 2 < 3 ranks (a rank without
+# a pair still joins the backward's collectives), entropic minibatches
+MINIBATCH_SPLIT_CASES = {
+    "split-7": {"batch_size": 6, "n_batches": 7, "seed": 4},
+    "split-2": {"batch_size": 5, "n_batches": 2, "seed": 5},
+    "split-reg": {"batch_size": 6, "n_batches": 5, "seed": 6, "reg": 0.5, "tol": 1e-12},
+}
 
 
 @pytest.mark.parametrize("size", [2, 3])
 def test_lowrank_and_minibatch_otdd_on_shards_equal_one_process(size):
     source, target = _otdd_problem()
     expected = {name: _otdd_grad(source, target, None, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    for name, options in MINIBATCH_SPLIT_CASES.items():
+        x = source.x.clone().requires_grad_()
+        result = otdd(source.with_features(x), target, outer="minibatch", **options)
+        (grad,) = torch.autograd.grad(result.distance_squared, x)
+        expected[name] = (result.distance_squared.detach(), grad, options["n_batches"], result.ot.stderr)
     flows = {
         name: run_flow(otdd_to(target, **_flow_options(o)), source, steps=5, step_size=0.5).final.x
         for name, o in LARGE_N_CASES.items()
@@ -408,6 +427,17 @@ def test_lowrank_and_minibatch_otdd_on_shards_equal_one_process(size):
             assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
     for name in LARGE_N_CASES:
         assert torch.allclose(torch.cat([r[f"flow-{name}"] for r in results]), flows[name], rtol=0, atol=1e-10), name
+    for name in MINIBATCH_SPLIT_CASES:
+        K = expected[name][2]
+        assert sum(r[name][2] for r in results) == K  # every pair solved once, on one rank: ~K / size each
+        for rank, result in enumerate(results):
+            start, stop = shard_range(len(source), World(rank=rank, size=size))
+            value, grad, solved, stderr = result[name]
+            assert solved == len(range(rank, K, size)), (name, rank, solved)
+            assert torch.allclose(value, expected[name][0], rtol=1e-10, atol=1e-12), (size, rank, name)
+            assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
+            assert stderr == pytest.approx(expected[name][3], rel=1e-9), (size, rank, name)
+        assert float(expected[name][1].abs().max()) > 1e-3
 
 
 # ---------------------------------------------------------------------- s-OTDD and Busemann, scalable mode
