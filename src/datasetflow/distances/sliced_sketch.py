@@ -53,10 +53,9 @@ from ..costs.linalg import nuclear_norm, psd_sqrt
 from ..data.dataset import LabeledDataset, check_dataset_pair
 from ..data.sharding import gather_dataset
 from ..distributed.comm import World, all_reduce_max, all_reduce_sum, get_world
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NonFiniteError
 from ..solvers.sliced import (
     argsort_rows,
-    check_n_projections,
     sketch_direction_error,
     sketch_projections,
     wasserstein_1d_sorted,
@@ -313,7 +312,9 @@ def sketched_distance(
     quantiles = check_quantiles(quantiles)
     world = World() if world is None else get_world(world)
     check_dataset_pair(("source", "target"), source, target)
-    _check_dataset("target", target)
+    _check_dataset("target", target)  # the source's classes may be empty on one shard: checked over all ranks
+    if not bool(torch.isfinite(source.x.detach()).all()):
+        raise NonFiniteError(f"source.x of shape {tuple(source.x.shape)} holds NaN or Inf.")
     if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
         target = target.to(device=source.x.device, dtype=source.x.dtype)
     fitted = fit_sharded_preprocessing(
@@ -340,7 +341,6 @@ def sketched_distance(
         standardize=fitted["standardize"],
     )
     n_source = int(all_reduce_sum(torch.tensor([float(len(source))], dtype=torch.float64), world))
-    check_n_projections(quantiles)
     chunk = _default_chunk(chunk, bank.n_projections, len(source) + 4 * quantiles * source.num_classes + len(target))
     runner = _SketchedRunner(bank, setup, source, target, chunk, world, quantiles)
     value_pow = _SketchedPow.apply(runner, source.x)
