@@ -548,3 +548,38 @@ def test_sketched_mode_refusals():
         sotdd(source, target, quantiles=0)
     with pytest.raises(InvalidArgumentError, match="positive int Q"):
         sotdd_to(target, quantiles=2.5)
+
+
+def test_torchrun_flow_with_a_sketched_sotdd_term_equals_one_process(tmp_path):
+    """The CLI takes the scalable mode from the config (``quantiles``, as for ``mmd_sw``): under torchrun the
+    particles are sharded and never gathered for the objective, and the flow equals the one-process command."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from conftest import invoke_cli
+
+    source, target = _otdd_problem()
+    for name, data in (("s", source), ("t", target)):
+        np.savez(tmp_path / f"{name}.npz", x=data.x.numpy(), y=data.y.numpy())
+    (tmp_path / "cfg.yaml").write_text(
+        "source: s.npz\ntarget: t.npz\nsteps: 6\nstep_size: 0.5\ndtype: float64\nfunctional:\n"
+        "  - {type: sotdd, n_projections: 16, quantiles: 8, seed: 2}\n"
+    )
+    common = ["flow", "--config", str(tmp_path / "cfg.yaml"), "--no-figures", "-q"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert invoke_cli(*common, "--out", tmp_path / "one").exit_code == 0
+    with np.load(tmp_path / "two" / "final.npz") as two, np.load(tmp_path / "one" / "final.npz") as one:
+        assert two["x"].shape == tuple(source.x.shape)
+        assert np.allclose(two["x"], one["x"], rtol=0, atol=1e-10)
+        assert not np.allclose(one["x"], source.x.numpy(), atol=1e-3)  # the particles moved
