@@ -446,6 +446,10 @@ SKETCH_CASES = {
     "sotdd-joint": ("sotdd", {"n_projections": 20, "quantiles": 4, "standardize": "joint"}),
     "swb1dg": ("busemann", {"variant": "swb1dg", "n_projections": 30, "quantiles": 8}),
     "swbg": ("busemann", {"variant": "swbg", "n_projections": 30, "quantiles": 8}),
+    "swbg-pca": (
+        "busemann",
+        {"variant": "swbg", "n_projections": 20, "quantiles": 8, "label_map": "pca", "label_dim": 2},
+    ),
 }
 SKETCH_FLOW = {"n_projections": 20, "seed": 3, "quantiles": 8}
 

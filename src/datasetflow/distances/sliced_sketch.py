@@ -134,7 +134,12 @@ def fit_sharded_preprocessing(
         needs_data = label_map == "pca" or (label_map is None and part.dim > 64)
         source = gather_dataset(part, world) if needs_data else part
         out["label_map"] = fit_preprocessing(
-            (source, target), family=family, standardize=fitted_standardize, label_map=label_map, label_dim=label_dim
+            (source, target),
+            family=family,
+            standardize=fitted_standardize,
+            label_map=label_map,
+            label_dim=label_dim,
+            seed=seed,
         )["label_map"]
     return out
 
