@@ -173,6 +173,7 @@ class _SketchedRunner:
         pdf = _normal_pdf_of_quantile(steps)
         self.bracket = pdf[:-1] - pdf[1:]  # exact sigma~ weights of K equal-mass sorted atoms
         self.atom_weights = (self.masses / self.levels).repeat_interleave(self.levels)  # (C K,)
+        self.uniform_atoms = bool((self.masses == self.masses[0]).all())  # equal class masses: equal atoms
         self.target_side = _Side.build(target)
         self.target_x = self.target_side.arrange(target.x.detach())
         self.target_features = _Features(setup, self.target_side, self.target_x, False)
@@ -235,7 +236,7 @@ class _SketchedRunner:
         z = (psi1[:, :, None] * atoms.permute(2, 0, 1) + b[:, :, None]).reshape(t.shape[0], C * K)
         order = argsort_rows(z).to(z.device)
         z_sorted = z.gather(1, order)
-        cum = self.atom_weights[order].cumsum(dim=1)
+        cum = None if self.uniform_atoms else self.atom_weights[order].cumsum(dim=1)
         with torch.no_grad():
             v, cum_b, _, _ = _sketch(self.target_x, self.target_features, params)
         w = wasserstein_1d_sorted(z_sorted, cum, v.to(z_sorted.dtype), cum_b, setup.p)

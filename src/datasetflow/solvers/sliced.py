@@ -210,6 +210,15 @@ def wasserstein_1d_sorted(
         cum_a = torch.arange(1, n + 1, dtype=torch.float64, device=u_sorted.device) / n
     if cum_b is None:
         cum_b = torch.arange(1, m + 1, dtype=torch.float64, device=v_sorted.device) / m
+    if cum_a.ndim == 1 and cum_b.ndim == 1:  # the same levels on every row: merge them once
+        cum_a, cum_b = cum_a.detach().to(torch.float64).clone(), cum_b.detach().to(torch.float64).clone()
+        cum_a[-1] = cum_b[-1] = 1.0
+        levels = torch.cat([cum_a, cum_b]).sort().values
+        steps = torch.diff(levels, prepend=levels.new_zeros(1)).clamp_min(0)
+        idx_u = torch.searchsorted(cum_a, levels).clamp_max(n - 1)
+        idx_v = torch.searchsorted(cum_b, levels).clamp_max(m - 1)
+        diff = u_sorted[:, idx_u] - v_sorted[:, idx_v]
+        return (steps * diff.abs().pow(p)).sum(dim=1).to(u_sorted.dtype)
     cum_a = cum_a.detach().to(torch.float64).expand(num_l, n).clone()
     cum_b = cum_b.detach().to(torch.float64).expand(num_l, m).clone()
     cum_a[:, -1] = 1.0  # force the last level to 1 (round-off of the cumulative sum)
