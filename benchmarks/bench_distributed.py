@@ -55,13 +55,31 @@ def model_bytes(
     projections: int = 0,
     bins: int = 0,
     sweeps: tuple[int, int] = (0, 0),
+    chunks: int = 1,
+    n_total: int = 0,
+    batches: int = 0,
 ) -> int:
     """Bytes this rank puts into collectives for one evaluation + backward (``size``: bytes of the data dtype;
-    ``n_max``: the largest shard; ``sweeps``: Sinkhorn sweeps of the cross and source self problems)."""
+    ``n_max``: the largest shard; ``sweeps``: Sinkhorn sweeps of the cross and source self problems; ``chunks``:
+    direction chunks of a sketched sliced distance; ``n_total``: all particles; ``batches``: minibatch pairs K)."""
     c, ct, d, s = classes, target_classes, dim, size
+    L, Q = projections, bins
     gather = F64  # every gather_rows first all-gathers one int64 row count
+    dataset_gather = 3 * gather + n_max * (d * s + F64 + s)  # gather_dataset: x, y, weights
     if objective == "potential":
         return s
+    if objective in ("sotdd exact", "otdd lowrank"):
+        return dataset_gather
+    if objective.endswith(" sketch") and not objective.startswith("mmd_sw"):
+        # n, class masses, class counts, the weight check; per chunk: counts, ranges, histograms (float64)
+        fixed = F64 * (2 * c + 2) + F64 * c * (chunks + 2 * L + L * Q)
+        if objective == "swbg sketch":
+            return fixed + F64 * c * (d + d * d)  # label-space sums (identity label map: d' = d), once
+        return fixed + F64 * c * L  # the exact class terms (moments; SWB1DG's class means), per direction
+    if objective == "otdd minibatch":
+        # gather, the K values (data dtype), K linear values + 3 counters, the marginal error; backward: the
+        # gradient of the gathered features summed over the ranks (mark_replicated)
+        return dataset_gather + batches * s + F64 * (batches + 3) + F64 + n_total * d * s
     if objective == "interaction":
         return 3 * gather + n_max * (d * s + F64 + s) + s
     if objective == "mmd_sw exact":
@@ -168,7 +186,7 @@ def _labeled(counts: list[int], dim: int, seed: int, shift: float, dtype=torch.f
 
 def _traffic(world, n: int, m: int, classes: int, dim: int, projections: int, bins: int) -> dict:
     """Measured bytes of one evaluation + backward of every sharded objective (float64)."""
-    from datasetflow import class_repulsion, otdd, potential
+    from datasetflow import busemann, class_repulsion, otdd, potential, sotdd
     from datasetflow.data import shard
     from datasetflow.flows import FlowState
     from datasetflow.functionals import mmd_sw_to
@@ -198,7 +216,28 @@ def _traffic(world, n: int, m: int, classes: int, dim: int, projections: int, bi
     result.distance_squared.backward()
     measured["otdd"] = counter.take()
     sweeps = (result.ot.config["sweeps"]["cross"], result.ot.config["sweeps"]["source_self"])
-    return {"measured": measured, "sweeps": sweeps, "n_local": len(part)}
+    chunks = {}
+    for name, call, options in (
+        ("sotdd exact", sotdd, {}),
+        ("sotdd sketch", sotdd, {"quantiles": bins}),
+        ("swb1dg sketch", busemann, {"quantiles": bins}),
+        ("swbg sketch", busemann, {"quantiles": bins, "variant": "swbg", "label_map": "identity"}),
+    ):
+        x = part.x.clone().requires_grad_()
+        counter.take()
+        res = call(part.with_features(x), target, world=world, n_projections=projections, **options)
+        res.value_pow.backward()
+        measured[name] = counter.take()
+        chunks[name] = -(-projections // res.config["chunk"])
+    for name, options in (
+        ("otdd minibatch", {"outer": "minibatch", "batch_size": 50, "n_batches": 5}),
+        ("otdd lowrank", {"outer": "lowrank", "rank": 5}),
+    ):
+        x = part.x.clone().requires_grad_()
+        counter.take()
+        otdd(part.with_features(x), target, world=world, **options).distance_squared.backward()
+        measured[name] = counter.take()
+    return {"measured": measured, "sweeps": sweeps, "n_local": len(part), "chunks": chunks, "batches": 5}
 
 
 def _collectives(world, sizes: list[int], repeats: int) -> dict:
@@ -241,12 +280,12 @@ import json, resource, sys, time, torch
 sys.path.insert(0, {bench!r})
 from bench_distributed import _labeled
 from datasetflow.flows import FlowState
-from datasetflow.functionals import mmd_sw_to
+from datasetflow.functionals import mmd_sw_to, sotdd_to
 torch.set_num_threads({threads})
 n, classes, dim, L, Q, m = {n}, {classes}, {dim}, {L}, {Q}, {m}
 source = _labeled([n // classes] * classes, dim, 1, 0.05, dtype=torch.float32)
 target = _labeled([m // classes] * classes, dim, 2, 0.06, dtype=torch.float32)
-functional = mmd_sw_to(target, n_projections=L, quantiles=Q)
+functional = {{"mmd_sw": mmd_sw_to, "sotdd": sotdd_to}}[{objective!r}](target, n_projections=L, quantiles=Q)
 state = FlowState.from_dataset(source)
 state.x.requires_grad_()
 times = []
@@ -261,9 +300,18 @@ print(json.dumps({{"seconds": sorted(times[1:])[len(times[1:]) // 2], "first": t
 
 
 def local_share(
-    n: int, classes: int, dim: int, projections: int, bins: int, m: int, repeats: int, threads: int
+    n: int,
+    classes: int,
+    dim: int,
+    projections: int,
+    bins: int,
+    m: int,
+    repeats: int,
+    threads: int,
+    objective: str = "mmd_sw",
 ) -> dict:
     code = LOCAL_SNIPPET.format(
+        objective=objective,
         bench=str(Path(__file__).resolve().parent),
         n=n,
         classes=classes,
@@ -324,6 +372,9 @@ def main() -> None:
             projections=small["projections"],
             bins=small["bins"],
             sweeps=sweeps,
+            chunks=traffic[0]["chunks"].get(objective, 1),
+            n_total=small["n"],
+            batches=traffic[0]["batches"],
         )
         rows.append((objective, model, measured, max(r["measured"][objective] for r in traffic)))
 
@@ -344,6 +395,7 @@ def main() -> None:
         "m": 10_000,
     }
     share = local_share(**big, repeats=2 if not args.quick else 1, threads=args.threads)
+    sotdd_share = local_share(**big, repeats=2 if not args.quick else 1, threads=args.threads, objective="sotdd")
 
     # 4. projection to 10^6 particles on 8 ranks (float32 data, Sinkhorn sweeps as measured above)
     world, n, s = 8, 1_000_000, 4
@@ -359,17 +411,37 @@ def main() -> None:
         "bins": 256,
         "sweeps": sweeps,
     }
+    from datasetflow.distances.sliced import CHUNK_ELEMENTS
+
+    chunk = max(1, min(500, CHUNK_ELEMENTS // (n // world + 4 * 256 * 10 + big["m"])))  # the default chunk
+    proj.update(chunks=-(-500 // chunk), n_total=n, batches=n // 1000)
     big_bytes = {
-        obj: model_bytes(obj, **proj) for obj in ("potential", "interaction", "mmd_sw exact", "mmd_sw sketch", "otdd")
+        obj: model_bytes(obj, **proj)
+        for obj in (
+            "potential",
+            "interaction",
+            "mmd_sw exact",
+            "mmd_sw sketch",
+            "otdd",
+            "sotdd exact",
+            "sotdd sketch",
+            "swb1dg sketch",
+            "swbg sketch",
+            "otdd minibatch",
+            "otdd lowrank",
+        )
     }
     alpha_r, beta_r = fits["all_reduce"]
     sketch_collectives = [("all_reduce", big_bytes["mmd_sw sketch"])]
+    sotdd_collectives = [("all_reduce", big_bytes["sotdd sketch"])]
     exact_collectives = [("all_gather", big_bytes["mmd_sw exact"])]
     link = args.link_gbps * 1e9 / 8
     projected = {
         "sketch_loopback": share["seconds"] + ring_seconds(sketch_collectives, world, alpha_r, beta_r),
         "sketch_link": share["seconds"] + ring_seconds(sketch_collectives, world, alpha_r, link),
         "exact_link_comm": ring_seconds(exact_collectives, world, fits["all_gather"][0], link),
+        "sotdd_loopback": sotdd_share["seconds"] + ring_seconds(sotdd_collectives, world, alpha_r, beta_r),
+        "sotdd_link": sotdd_share["seconds"] + ring_seconds(sotdd_collectives, world, alpha_r, link),
     }
     exact_sort_floats = n * 500  # every rank sorts all gathered projections in the exact mode
 
@@ -388,7 +460,13 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *[f"| {o} | {mo:,} | {me:,} | {mx:,} |" for o, mo, me, mx in rows],
         "",
-        f"At n = 10^6 on W = {world} ranks (float32, d = 784, C = 10, m = {big['m']:,}, L = 500, Q = 256, the same "
+        "Sliced distances (`sotdd`, `busemann`) are one call with the default chunk of directions; their sketched "
+        "rows (`quantiles=Q`) exchange float64 sketches and class sums only. `otdd minibatch` splits the "
+        f"{traffic[0]['batches']} minibatch pairs over the ranks (its backward sums the gathered features' gradient, "
+        "n d numbers); `otdd lowrank` is the replicated solve on the gathered source.",
+        "",
+        f"At n = 10^6 on W = {world} ranks (float32, d = 784, C = 10, m = {big['m']:,}, L = 500, Q = 256 "
+        f"({proj['chunks']} direction chunks of {chunk}), minibatch pairs K = n / 1000, the same "
         "sweep counts), the model gives per rank and step:",
         "",
         "| objective | bytes per rank per step (model) |",
@@ -409,7 +487,10 @@ def main() -> None:
         f"target {big['m']:,} points, L = 500 directions, quantile sketches with Q = {big['bins']} "
         f"(K = {4 * big['bins']} atoms), value and "
         f"gradient, {args.threads} thread(s): **{share['seconds']:.2f} s** per step (first step "
-        f"{share['first']:.2f} s), peak RSS {share['peak_rss_mb']:.0f} MB. Peak RSS of the 2-rank traffic run: "
+        f"{share['first']:.2f} s), peak RSS {share['peak_rss_mb']:.0f} MB. The same share of an **s-OTDD** step "
+        f"(`sotdd_to(quantiles={big['bins']})`, k = 5 moments, jointly standardised): "
+        f"**{sotdd_share['seconds']:.2f} s** (first step {sotdd_share['first']:.2f} s), peak RSS "
+        f"{sotdd_share['peak_rss_mb']:.0f} MB. Peak RSS of the 2-rank traffic run: "
         + ", ".join(f"rank {r}: {t['peak_rss_mb']:.0f} MB" for r, t in enumerate(traffic))
         + ".",
         "",
@@ -419,7 +500,13 @@ def main() -> None:
         f"{big_bytes['mmd_sw sketch']:,} bytes). The exact mode would all-gather {big_bytes['mmd_sw exact']:,} bytes "
         f"per rank ({projected['exact_link_comm']:.2f} s on that link) and then sort {exact_sort_floats:,} projections "
         "on every rank (replicated work that does not shrink with W), which is why the sketch mode exists. "
+        f"s-OTDD with sketches: {projected['sotdd_loopback']:.2f} s (loopback rate), {projected['sotdd_link']:.2f} s "
+        f"(assumed link), ring all-reduce of {big_bytes['sotdd sketch']:,} bytes; its exact mode all-gathers the "
+        f"source, {big_bytes['sotdd exact']:,} bytes per rank. "
         "GPU (NCCL) timings: not measured (no GPU was lent to this run).",
+        "",
+        f"Load average when the section was written: {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / "
+        f"{os.getloadavg()[2]:.2f} (1 / 5 / 15 min; `uptime`).",
     ]
     text = "\n".join(lines)
     print(text)

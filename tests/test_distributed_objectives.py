@@ -386,15 +386,34 @@ def _sharded_large_n(world: World) -> dict:
     source, target = _otdd_problem()
     part = shard(source, world)
     out = {name: _otdd_grad(part, target, world, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    for name, options in MINIBATCH_SPLIT_CASES.items():
+        x = part.x.clone().requires_grad_()
+        result = otdd(part.with_features(x), target, world=world, outer="minibatch", **options)
+        (grad,) = torch.autograd.grad(result.distance_squared, x)
+        out[name] = (result.distance_squared.detach(), grad, result.ot.config["solved_here"], result.ot.stderr)
     for name, options in LARGE_N_CASES.items():
         out[f"flow-{name}"] = run_flow(otdd_to(target, **_flow_options(options)), part, steps=5, step_size=0.5).final.x
     return out
+
+
+# the minibatch pairs split over the ranks: K = 7 pairs (uneven over 2 and 3 ranks), K = 2 < 3 ranks (a rank without
+# a pair still joins the backward's collectives), entropic minibatches
+MINIBATCH_SPLIT_CASES = {
+    "split-7": {"batch_size": 6, "n_batches": 7, "seed": 4},
+    "split-2": {"batch_size": 5, "n_batches": 2, "seed": 5},
+    "split-reg": {"batch_size": 6, "n_batches": 5, "seed": 6, "reg": 0.5, "tol": 1e-12},
+}
 
 
 @pytest.mark.parametrize("size", [2, 3])
 def test_lowrank_and_minibatch_otdd_on_shards_equal_one_process(size):
     source, target = _otdd_problem()
     expected = {name: _otdd_grad(source, target, None, **options)[:2] for name, options in LARGE_N_CASES.items()}
+    for name, options in MINIBATCH_SPLIT_CASES.items():
+        x = source.x.clone().requires_grad_()
+        result = otdd(source.with_features(x), target, outer="minibatch", **options)
+        (grad,) = torch.autograd.grad(result.distance_squared, x)
+        expected[name] = (result.distance_squared.detach(), grad, options["n_batches"], result.ot.stderr)
     flows = {
         name: run_flow(otdd_to(target, **_flow_options(o)), source, steps=5, step_size=0.5).final.x
         for name, o in LARGE_N_CASES.items()
@@ -408,3 +427,163 @@ def test_lowrank_and_minibatch_otdd_on_shards_equal_one_process(size):
             assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
     for name in LARGE_N_CASES:
         assert torch.allclose(torch.cat([r[f"flow-{name}"] for r in results]), flows[name], rtol=0, atol=1e-10), name
+    for name in MINIBATCH_SPLIT_CASES:
+        K = expected[name][2]
+        assert sum(r[name][2] for r in results) == K  # every pair solved once, on one rank: ~K / size each
+        for rank, result in enumerate(results):
+            start, stop = shard_range(len(source), World(rank=rank, size=size))
+            value, grad, solved, stderr = result[name]
+            assert solved == len(range(rank, K, size)), (name, rank, solved)
+            assert torch.allclose(value, expected[name][0], rtol=1e-10, atol=1e-12), (size, rank, name)
+            assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
+            assert stderr == pytest.approx(expected[name][3], rel=1e-9), (size, rank, name)
+        assert float(expected[name][1].abs().max()) > 1e-3
+
+
+# ---------------------------------------------------------------------- s-OTDD and Busemann, scalable mode
+SKETCH_CASES = {
+    "sotdd": ("sotdd", {"n_projections": 30, "chunk": 8, "quantiles": 8}),
+    "sotdd-joint": ("sotdd", {"n_projections": 20, "quantiles": 4, "standardize": "joint"}),
+    "swb1dg": ("busemann", {"variant": "swb1dg", "n_projections": 30, "quantiles": 8}),
+    "swbg": ("busemann", {"variant": "swbg", "n_projections": 30, "quantiles": 8}),
+    "swbg-pca": (
+        "busemann",
+        {"variant": "swbg", "n_projections": 20, "quantiles": 8, "label_map": "pca", "label_dim": 2},
+    ),
+}
+SKETCH_FLOW = {"n_projections": 20, "seed": 3, "quantiles": 8}
+
+
+def _sketched_grad(source, target, world, function: str, options: dict) -> tuple:
+    import datasetflow
+
+    x = source.x.clone().requires_grad_()
+    result = getattr(datasetflow, function)(source.with_features(x), target, world=world, **options)
+    (grad,) = torch.autograd.grad(result.value_pow, x)
+    return result.value_pow.detach(), grad, result.error_bound_pow
+
+
+def _sharded_sketches(world: World) -> dict:
+    from datasetflow import busemann_to, sotdd_to
+
+    source, target = _otdd_problem()
+    part = shard(source, world)
+    out = {name: _sketched_grad(part, target, world, *case) for name, case in SKETCH_CASES.items()}
+    functional = sotdd_to(target, **SKETCH_FLOW)
+    flow = run_flow(functional, part, steps=20, step_size=0.5)
+    out["flow"], out["objective"], out["flow_bound"] = flow.final.x, flow.objective, functional.last_error_bound
+    out["busemann-flow"] = run_flow(busemann_to(target, **SKETCH_FLOW), part, steps=5, step_size=0.5).final.x
+    return out
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_sketched_sotdd_and_busemann_on_shards_equal_one_process_sketches(size):
+    """The merge is exact (integer bin counts, MIN/MAX ranges, float64 class sums), so the scalable mode on 2 and 3
+    uneven ranks equals the scalable mode in one process to 1e-10: values, gradients, a 20-step flow."""
+    from datasetflow import busemann_to, sotdd_to
+
+    source, target = _otdd_problem()
+    expected = {name: _sketched_grad(source, target, None, *case) for name, case in SKETCH_CASES.items()}
+    single = run_flow(sotdd_to(target, **SKETCH_FLOW), source, steps=20, step_size=0.5)
+    busemann_flow = run_flow(busemann_to(target, **SKETCH_FLOW), source, steps=5, step_size=0.5).final.x
+    results = run_distributed(_sharded_sketches, size, timeout=240)
+    for rank, result in enumerate(results):
+        start, stop = shard_range(len(source), World(rank=rank, size=size))
+        for name in SKETCH_CASES:
+            value, grad, bound = result[name]
+            assert torch.allclose(value, expected[name][0], rtol=1e-10, atol=1e-12), (size, rank, name)
+            assert torch.allclose(grad, expected[name][1][start:stop], rtol=1e-10, atol=1e-10), (size, rank, name)
+            assert bound == pytest.approx(expected[name][2], rel=1e-9), (size, rank, name)
+        assert result["objective"] == pytest.approx(single.objective, rel=1e-10, abs=1e-12)
+        assert result["flow_bound"] is not None and result["flow_bound"] > 0
+    assert torch.allclose(torch.cat([r["flow"] for r in results]), single.final.x, rtol=0, atol=1e-10)
+    assert torch.allclose(torch.cat([r["busemann-flow"] for r in results]), busemann_flow, rtol=0, atol=1e-10)
+    assert not torch.allclose(single.final.x, source.x, atol=1e-2)  # the particles moved
+
+
+@pytest.mark.parametrize(
+    ("function", "options"),
+    [("sotdd", {}), ("busemann", {"variant": "swb1dg"}), ("busemann", {"variant": "swbg"})],
+)
+def test_sketched_sliced_distances_stay_within_their_stated_bound(function, options):
+    """Against the exact mode with the same directions: the value within ``error_bound`` (the root) and
+    ``error_bound_pow``, bounds that shrink with Q, a measured error far below them, aligned gradients."""
+    source = _labeled([300, 200, 500], 5, seed=1, shift=1.0).with_class_weights("uniform")
+    target = _labeled([250, 300, 280], 5, seed=2, shift=1.6).with_class_weights("uniform")
+    exact_pow, exact_grad, none = _sketched_grad(source, target, None, function, {"n_projections": 50, **options})
+    assert none is None  # the exact mode states no bound
+    bounds, errors = [], []
+    for bins in (16, 64, 256):
+        value_pow, grad, bound_pow = _sketched_grad(
+            source, target, None, function, {"n_projections": 50, "quantiles": bins, **options}
+        )
+        error = abs(float(value_pow) - float(exact_pow))
+        assert error <= bound_pow, (bins, error, bound_pow)
+        assert error <= 0.05 * bound_pow + 1e-12, (bins, error, bound_pow)  # measured: far below the worst case
+        bounds.append(bound_pow)
+        errors.append(error)
+        cosine = float((grad * exact_grad).sum() / (grad.norm() * exact_grad.norm()))
+        assert cosine > 0.999, (bins, cosine)
+    assert bounds[0] > bounds[1] > bounds[2]
+    assert bounds[2] < 0.2 * float(exact_pow)  # the bound says something at Q = 256
+
+
+def test_sketched_mode_error_bound_of_the_root():
+    from datasetflow import sotdd
+
+    source = _labeled([60, 40], 3, seed=3, shift=1.0)
+    target = _labeled([50, 55], 3, seed=4, shift=2.0)
+    exact = sotdd(source, target, n_projections=40)
+    for bins in (4, 32):
+        sketch = sotdd(source, target, n_projections=40, quantiles=bins)
+        assert abs(float(sketch.value) - float(exact.value)) <= sketch.error_bound
+        assert sketch.config["mode"] == "sketch" and sketch.config["quantiles"] == bins
+
+
+def test_sketched_mode_refusals():
+    from datasetflow import sotdd, sotdd_to
+    from datasetflow.errors import InvalidArgumentError
+
+    source, target = _otdd_problem()
+    weighted = LabeledDataset(source.x, source.y, weights=torch.linspace(1.0, 2.0, len(source), dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError, match="uniform weights inside every source class"):
+        sotdd(weighted, target, n_projections=4, quantiles=8)
+    with pytest.raises(InvalidArgumentError, match="positive int Q"):
+        sotdd(source, target, quantiles=0)
+    with pytest.raises(InvalidArgumentError, match="positive int Q"):
+        sotdd_to(target, quantiles=2.5)
+
+
+def test_torchrun_flow_with_a_sketched_sotdd_term_equals_one_process(tmp_path):
+    """The CLI takes the scalable mode from the config (``quantiles``, as for ``mmd_sw``): under torchrun the
+    particles are sharded and never gathered for the objective, and the flow equals the one-process command."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from conftest import invoke_cli
+
+    source, target = _otdd_problem()
+    for name, data in (("s", source), ("t", target)):
+        np.savez(tmp_path / f"{name}.npz", x=data.x.numpy(), y=data.y.numpy())
+    (tmp_path / "cfg.yaml").write_text(
+        "source: s.npz\ntarget: t.npz\nsteps: 6\nstep_size: 0.5\ndtype: float64\nfunctional:\n"
+        "  - {type: sotdd, n_projections: 16, quantiles: 8, seed: 2}\n"
+    )
+    common = ["flow", "--config", str(tmp_path / "cfg.yaml"), "--no-figures", "-q"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run(
+        [*launcher, "-m", "datasetflow", *common, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DATASETFLOW_COLLECTIVE_TIMEOUT": "60", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert invoke_cli(*common, "--out", tmp_path / "one").exit_code == 0
+    with np.load(tmp_path / "two" / "final.npz") as two, np.load(tmp_path / "one" / "final.npz") as one:
+        assert two["x"].shape == tuple(source.x.shape)
+        assert np.allclose(two["x"], one["x"], rtol=0, atol=1e-10)
+        assert not np.allclose(one["x"], source.x.numpy(), atol=1e-3)  # the particles moved

@@ -225,16 +225,22 @@ def otdd(
     if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
         target = target.to(device=source.x.device, dtype=source.x.dtype)
     world = World() if world is None else get_world(world)
+    split_world = None
     if world.distributed and outer in ("lowrank", "minibatch"):
         if source_stats is not None:
             raise InvalidArgumentError(
                 f"outer={outer!r} on sharded particles gathers the source and cannot take this rank's source_stats; "
                 "use outer='sinkhorn' (row-sharded) or joint dynamics without sharding."
             )
-        # replicated solve on the all-gathered source (this rank's rows keep their graph); the minibatch draws
-        # and low-rank start come from the same seed or generator on every rank, so every rank solves the same
-        # problem: correct on shards, but neither the memory nor the work is split (docs/distributed.md)
+        # the all-gathered source (this rank's rows keep their graph); the minibatch draws and the low-rank start
+        # come from the same seed or generator on every rank. Low-rank: the same problem solved on every rank
+        # (correct, not split). Minibatch: rank r solves the pairs k % size == r and the values are all-reduced;
+        # the gathered features are marked replicated, so the gradients of every rank's pairs (and of the label
+        # matrix) are summed over the ranks before reaching each rank's own rows (docs/distributed.md)
         source = gather_dataset(source, world)
+        if outer == "minibatch":
+            source = source.with_features(mark_replicated(source.x, world))
+            split_world = world
         world = World()
     if world.distributed:
         return _sharded_otdd(
@@ -304,6 +310,8 @@ def otdd(
             "generator": generator,
             "disjoint": disjoint,
         }
+        if split_world is not None:
+            options["world"] = split_world
     result = solve(
         cost,
         a,
@@ -374,7 +382,7 @@ def _result(
         "n_source": len(source) if n_source is None else n_source,
         "n_target": len(target),
         "dim": source.dim,
-        **{k: v for k, v in (options or {}).items() if k != "generator"},
+        **{k: v for k, v in (options or {}).items() if k not in ("generator", "world")},
     }
     return OTDDResult(
         distance_squared=distance_squared,

@@ -109,6 +109,9 @@ class SlicedResult:
         per_projection: ``(L,)`` float64 values :math:`w_l` (detached).
         config: the settings (family, seed, L, block size, chunk, p, moments and rates or eps, label map,
             standardisation, dtype, device, sizes).
+        error_bound: the scalable mode (``quantiles=Q``): a bound on ``|value - value of the exact mode|`` for the
+            same directions (:mod:`~datasetflow.distances.sliced_sketch`); None in the exact mode.
+        error_bound_pow: the same bound for ``value_pow``; None in the exact mode.
     """
 
     value: torch.Tensor
@@ -117,6 +120,8 @@ class SlicedResult:
     stderr: float
     per_projection: torch.Tensor
     config: dict[str, Any] = field(default_factory=dict)
+    error_bound: float | None = None
+    error_bound_pow: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no per-projection values)."""
@@ -861,6 +866,7 @@ def sliced_distance(
     standardize: Any = None,
     chunk: int | None = None,
     world: Any = None,
+    quantiles: int | None = None,
 ) -> SlicedResult:
     r"""A hybrid sliced distance between two labeled datasets (see the module docstring for the families).
 
@@ -870,7 +876,10 @@ def sliced_distance(
     (:class:`~datasetflow.distributed.World`, :func:`~datasetflow.data.sharding.shard`; default one process).
     With several ranks the shards are all-gathered (exact mode, :func:`~datasetflow.data.sharding.gather_dataset`:
     ``n (d + 2)`` numbers per call), every rank computes the same value, and the gradient reaches this rank's
-    rows only; ``target`` must be the same on every rank.
+    rows only; ``target`` must be the same on every rank. ``quantiles=Q``: the scalable mode
+    (:mod:`~datasetflow.distances.sliced_sketch`): nothing is gathered, the source's classes are summarised by
+    mergeable ``Q``-bin quantile sketches and exact all-reduced class terms (:math:`O(C L Q)` traffic), the result
+    carries ``error_bound``; the target is then detached.
 
     Returns:
         :class:`SlicedResult`.
@@ -878,6 +887,26 @@ def sliced_distance(
     from ..data.sharding import gather_dataset
     from ..distributed.comm import World, get_world
 
+    if quantiles is not None:
+        from .sliced_sketch import sketched_distance
+
+        return sketched_distance(
+            source,
+            target,
+            family=family,
+            quantiles=quantiles,
+            n_projections=n_projections,
+            n_moments=n_moments,
+            rates=rates,
+            p=p,
+            seed=seed,
+            eps=eps,
+            label_map=label_map,
+            label_dim=label_dim,
+            standardize=standardize,
+            chunk=chunk,
+            world=world,
+        )
     world = World() if world is None else get_world(world)
     if world.distributed:
         source = gather_dataset(source, world)
@@ -934,6 +963,7 @@ def sotdd(
     standardize: Any = None,
     chunk: int | None = None,
     world: Any = None,
+    quantiles: int | None = None,
 ) -> SlicedResult:
     r"""s-OTDD (Nguyen et al., ICML 2025): the sliced OTDD with the moment transform projection.
 
@@ -959,6 +989,8 @@ def sotdd(
             scale-equivariant, the scale decides which moment orders matter (spec §2.6).
         chunk: projections per chunk (default: as many as keep ``(n + m) * chunk <= 2**22``).
         world: ranks ``source`` is sharded over (see :func:`sliced_distance`; default one process).
+        quantiles: None (exact mode, default) or ``Q``: the scalable mode, :math:`O(C L Q)` traffic on shards and
+            a stated ``error_bound`` (:mod:`~datasetflow.distances.sliced_sketch`).
 
     Returns:
         :class:`SlicedResult`; ``value_pow`` is differentiable with respect to ``source.x`` and ``target.x``
@@ -984,6 +1016,7 @@ def sotdd(
         standardize=standardize,
         chunk=chunk,
         world=world,
+        quantiles=quantiles,
     )
 
 
@@ -1001,6 +1034,7 @@ def busemann(
     standardize: Any = None,
     chunk: int | None = None,
     world: Any = None,
+    quantiles: int | None = None,
 ) -> SlicedResult:
     r"""Busemann-sliced dataset distance (Bonet et al., AISTATS 2026): SWB1DG or SWBG.
 
@@ -1032,6 +1066,7 @@ def busemann(
             rescales the value.
         chunk: projections per chunk.
         world: ranks ``source`` is sharded over (see :func:`sliced_distance`; default one process).
+        quantiles: None (exact mode) or ``Q``, the scalable mode (as in :func:`sotdd`).
 
     Returns:
         :class:`SlicedResult`.
@@ -1055,6 +1090,7 @@ def busemann(
         standardize=standardize,
         chunk=chunk,
         world=world,
+        quantiles=quantiles,
     )
 
 

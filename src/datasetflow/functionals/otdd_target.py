@@ -9,6 +9,7 @@ import torch
 from ..data.dataset import LabeledDataset
 from ..data.sharding import gather_dataset
 from ..distances.otdd import DEFAULT_INNER, DEFAULT_OUTER, otdd
+from ..distributed.comm import all_reduce_sum
 from ..errors import DivergenceError, InvalidArgumentError, RegularizationError
 from ..labels.costs import LabelCost, get_label_cost
 from ..solvers.api import DEFAULT_RELATIVE_REG
@@ -176,8 +177,9 @@ class OTDDToTarget(Functional):
                     f"otdd_to(outer={self.options['outer']!r}) on sharded particles gathers them and cannot use "
                     "per-rank label parameters (joint dynamics); use outer='sinkhorn' (row-sharded)."
                 )
-            # replicated solve on the gathered particles, identical on every rank (see otdd's world argument)
-            source, world = gather_dataset(source, world), None
+            if self.options["outer"] == "lowrank":
+                # replicated solve on the gathered particles, identical on every rank (see otdd's world argument)
+                source, world = gather_dataset(source, world), None
         target = self.target
         if target.x.device != source.x.device or target.x.dtype != source.x.dtype:
             target = self.target = target.to(device=source.x.device, dtype=source.x.dtype)
@@ -210,9 +212,14 @@ class OTDDToTarget(Functional):
             if self.target_batch is not None:
                 target = self._draw(target, self.target_batch, generator)
             if options["outer"] == "minibatch":
-                size = options["batch_size"] or min(len(source), len(target), DEFAULT_BATCH_SIZE)
+                # sharded particles: otdd gathers them and splits the pairs over the ranks; n is the global count
+                n = len(source)
+                if world is not None and world.distributed:
+                    count = torch.tensor([float(n)], dtype=torch.float64, device=source.x.device)
+                    n = int(all_reduce_sum(count, world))
+                size = options["batch_size"] or min(n, len(target), DEFAULT_BATCH_SIZE)
                 options["batch_size"] = size
-                options["n_batches"] = options["n_batches"] or max(1, len(source) // size)
+                options["n_batches"] = options["n_batches"] or max(1, n // size)
         fixed_target = self.target_batch is None
         warm = not self.stochastic and cache.get("f") is not None and cache["f"].shape[0] == source.x.shape[0]
         try:

@@ -24,6 +24,7 @@ import torch
 from ..data.dataset import LabeledDataset
 from ..data.sharding import gather_dataset
 from ..distances.sliced import fit_preprocessing, sliced_distance
+from ..distances.sliced_sketch import check_quantiles, fit_sharded_preprocessing
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..solvers.sliced import check_n_projections
 from .base import Functional, Particles
@@ -48,6 +49,9 @@ class SlicedToTarget(Functional):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidArgumentError(f"seed must be an int, got {seed!r}.")
         check_n_projections(options["n_projections"])
+        self.quantiles = check_quantiles(options.pop("quantiles", None))
+        #: with ``quantiles``: the bound on ``|value - exact-mode value|`` of the last evaluation, else None
+        self.last_error_bound: float | None = None
         self.target, self.options, self.resample, self.seed = target, options, bool(resample), int(seed)
         # validate every option now (on the target against itself), so a bad one fails before the flow starts
         sliced_distance(target, target, family=self.family, **{**options, "n_projections": 1})
@@ -69,7 +73,19 @@ class SlicedToTarget(Functional):
             self._generator.set_state(state["generator"])
         self._fitted = state.get("fitted")
 
-    def _fit(self, data: LabeledDataset) -> dict[str, Any]:
+    def _fit(self, data: LabeledDataset, world: Any = None) -> dict[str, Any]:
+        if self._fitted is None and world is not None:  # the scalable mode: sharded particles, not gathered
+            options = self.options
+            self._fitted = fit_sharded_preprocessing(
+                data.to(dtype=torch.float64),
+                self.target.to(device=data.x.device, dtype=torch.float64),
+                world,
+                family=self.family,
+                standardize=options.get("standardize"),
+                label_map=options.get("label_map"),
+                label_dim=options.get("label_dim", 10),
+                seed=self.seed,
+            )
         if self._fitted is None:
             options = self.options
             self._fitted = fit_preprocessing(
@@ -83,19 +99,27 @@ class SlicedToTarget(Functional):
         return self._fitted
 
     def value(self, state: Particles) -> torch.Tensor:  # noqa: D102
-        # sharded particles: the shards are all-gathered (exact mode; this rank's rows keep their graph), and
-        # every rank draws the same directions from the same generator, so the value is replicated
-        data = gather_dataset(state.dataset(), state.world)
+        # sharded particles, exact mode: the shards are all-gathered (this rank's rows keep their graph); scalable
+        # mode (quantiles): each rank keeps its shard and only sketches and class sums are all-reduced. Every rank
+        # draws the same directions from the same generator, so the value is replicated
+        sketched = self.quantiles is not None
+        data = state.dataset() if sketched else gather_dataset(state.dataset(), state.world)
         if data.dim != self.target.dim:
             raise ShapeMismatchError(f"the particles have dimension {data.dim} but the target has {self.target.dim}.")
         if self.target.x.device != data.x.device or self.target.x.dtype != data.x.dtype:
             self.target = self.target.to(device=data.x.device, dtype=data.x.dtype)
-        fitted = self._fit(data)
+        fitted = self._fit(data, state.world if sketched else None)
         seed = int(torch.randint(0, 2**62, (1,), generator=self._generator)) if self.resample else self.seed
         options = {**self.options, "standardize": fitted["standardize"]}
         if self.family == "swbg":
             options["label_map"] = fitted["label_map"]
-        return sliced_distance(data, self.target, family=self.family, seed=seed, **options).value_pow
+        if not sketched:
+            return sliced_distance(data, self.target, family=self.family, seed=seed, **options).value_pow
+        result = sliced_distance(
+            data, self.target, family=self.family, seed=seed, world=state.world, quantiles=self.quantiles, **options
+        )
+        self.last_error_bound = result.error_bound_pow
+        return result.value_pow
 
     def __repr__(self) -> str:
         return (
@@ -118,6 +142,10 @@ class SOTDDToTarget(SlicedToTarget):
             standardised).
         resample: fresh directions at every evaluation (default) or the fixed bank of ``seed``.
         seed: seed of the functional's generator (checkpointed) or of the fixed bank.
+        quantiles: None (exact mode: sharded particles are all-gathered, ``n (d + 2)`` numbers per step) or ``Q``
+            (the scalable mode of :mod:`~datasetflow.distances.sliced_sketch`, as ``mmd_sw_to(quantiles=Q)``:
+            :math:`O(C L Q)` numbers per step, independent of ``n``; the bound on the change of the value it makes
+            is recorded in :attr:`last_error_bound` after every evaluation). Uniform weights inside every class.
     """
 
     name = "sotdd"
@@ -135,9 +163,12 @@ class SOTDDToTarget(SlicedToTarget):
         chunk: int | None = None,
         resample: bool = True,
         seed: int = 0,
+        quantiles: int | None = None,
     ) -> None:
         options = {"n_projections": n_projections, "n_moments": n_moments, "rates": rates, "p": p}
-        self._setup(target, {**options, "standardize": standardize, "chunk": chunk}, resample, seed)
+        self._setup(
+            target, {**options, "standardize": standardize, "chunk": chunk, "quantiles": quantiles}, resample, seed
+        )
 
 
 class BusemannToTarget(SlicedToTarget):
@@ -151,6 +182,7 @@ class BusemannToTarget(SlicedToTarget):
         p, eps, label_map, label_dim, standardize, chunk: as in :func:`~datasetflow.distances.sliced.busemann`.
         resample: fresh directions at every evaluation (default) or the fixed bank of ``seed``.
         seed: seed of the functional's generator (checkpointed) or of the fixed bank.
+        quantiles: None (exact mode) or ``Q``, the scalable mode (as in :class:`SOTDDToTarget`).
     """
 
     name = "busemann"
@@ -169,13 +201,17 @@ class BusemannToTarget(SlicedToTarget):
         chunk: int | None = None,
         resample: bool = True,
         seed: int = 0,
+        quantiles: int | None = None,
     ) -> None:
         if variant not in ("swb1dg", "swbg"):
             raise InvalidArgumentError(f"variant must be one of ('swb1dg', 'swbg'), got {variant!r}.")
         self.family = variant
         options = {"n_projections": n_projections, "p": p, "eps": eps, "label_map": label_map}
         self._setup(
-            target, {**options, "label_dim": label_dim, "standardize": standardize, "chunk": chunk}, resample, seed
+            target,
+            {**options, "label_dim": label_dim, "standardize": standardize, "chunk": chunk, "quantiles": quantiles},
+            resample,
+            seed,
         )
 
 

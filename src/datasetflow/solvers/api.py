@@ -80,6 +80,7 @@ def solve(
     seed: int = 0,
     generator: torch.Generator | None = None,
     disjoint: bool = False,
+    world: Any = None,
 ) -> OTResult:
     r"""Solve a discrete OT problem (POT's ``ot.solve`` vocabulary).
 
@@ -121,6 +122,8 @@ def solve(
             their checkpointed one).
         disjoint: ``"minibatch"``: disjoint source minibatches (see
             :func:`~datasetflow.solvers.minibatch.minibatch_ot`).
+        world: ``"minibatch"``: split the minibatch pairs over these ranks (see
+            :func:`~datasetflow.solvers.minibatch.minibatch_ot`); refused for the other methods.
 
     Returns:
         :class:`OTResult` with ``value``, ``value_linear``, ``plan``, ``potentials``,
@@ -151,6 +154,7 @@ def solve(
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}.")
     extra = {"rank": rank} if method != "lowrank" else {}
     extra.update({"batch_size": batch_size, "n_batches": n_batches} if method != "minibatch" else {})
+    extra.update({"world": world} if method != "minibatch" and getattr(world, "distributed", False) else {})
     unused = [k for k, v in extra.items() if v is not None]
     if unused:
         raise InvalidArgumentError(f"{', '.join(unused)} do not apply to method={method!r}.")
@@ -179,6 +183,7 @@ def solve(
             grad=grad,
             max_iter=max_iter,
             tol=tol,
+            world=world,
         )
     if method == "exact":
         if reg:

@@ -30,6 +30,7 @@ import math
 import torch
 
 from ..costs.ground import CostOperator
+from ..distributed.comm import World, all_reduce_max, all_reduce_sum
 from ..errors import InvalidArgumentError
 from .exact import exact_ot
 from .result import OTResult
@@ -165,6 +166,7 @@ def minibatch_ot(
     grad: str = "envelope",
     max_iter: int | None = None,
     tol: float | None = None,
+    world: World | None = None,
 ) -> OTResult:
     r"""Minibatch OT estimator (see the module docstring: expectation, bias, variance).
 
@@ -183,6 +185,12 @@ def minibatch_ot(
             ``K = n // B``, so that every particle moves by its own displacement at every step.
         grad: ``"envelope"``, ``"autodiff"`` (Sinkhorn minibatches only) or ``"detach"``.
         max_iter, tol: limits of the minibatch solvers.
+        world: split the ``K`` pairs over these ranks (:class:`~datasetflow.distributed.World`; default one
+            process). Every rank holds the same ``cost`` (the source gathered, its features passed through
+            :func:`~datasetflow.distributed.mark_replicated` so that the gradients of every rank's pairs are summed)
+            and makes the same seeded draws; rank ``r`` solves the pairs ``k % size == r`` and the ``K`` values are
+            all-reduced (zeros elsewhere, so the sum is exact): the same value as one process, ``~K / size`` of the
+            solves per rank.
 
     Returns:
         :class:`OTResult` with the mean ``value`` (differentiable), ``stderr`` (the standard error of
@@ -213,6 +221,7 @@ def minibatch_ot(
     strata = cost.strata() if stratify else None
     source_labels = None if strata is None else strata[0]
     sources = disjoint_minibatches(a, batch_size, n_batches, generator, source_labels) if disjoint else None
+    world = World() if world is None else world
     values = []
     results: list[OTResult] = []
     for k in range(n_batches):
@@ -221,6 +230,8 @@ def minibatch_ot(
         else:
             rows, wa = sources[k]
         cols, wb = draw_minibatch(b, batch_size, generator, None if strata is None else strata[1])
+        if k % world.size != world.rank:  # another rank's pair: drawn (the same stream), not solved
+            continue
         sub = cost.subset(rows, cols)
         if reg is None:
             res = exact_ot(sub, wa, wb, max_iter=max_iter or 1_000_000, grad=grad)
@@ -237,18 +248,40 @@ def minibatch_ot(
             )
         results.append(res)
         values.append(res.value)
-    stacked = torch.stack(values)
+    linear = [r.value_linear.detach() for r in results]
+    n_iter = sum(r.n_iter for r in results)
+    converged = all(r.converged for r in results)
+    marginal_error = max((r.marginal_error for r in results), default=0.0)
+    if world.distributed:  # the K values, each from the rank that solved it (zeros elsewhere: an exact sum)
+        mine = list(range(world.rank, n_batches, world.size))
+        stacked = torch.zeros(n_batches, dtype=cost.params()[0].dtype, device=cost.device)
+        summary = torch.zeros(n_batches + 3, dtype=torch.float64, device=cost.device)
+        if values:
+            index = torch.as_tensor(mine, device=cost.device)
+            stacked = stacked.index_put((index,), torch.stack(values))
+            summary[index] = torch.stack(linear).double()
+        else:  # no pair here (K < size): keep the graph, so that this rank's backward joins the others' collectives
+            stacked = stacked + sum(0.0 * t.sum() for t in cost.params() if t.requires_grad)
+        summary[n_batches:] = torch.tensor([n_iter, 0.0 if converged else 1.0, 0.0], dtype=torch.float64)
+        stacked = all_reduce_sum(stacked, world)
+        summary = all_reduce_sum(summary, world)
+        marginal_error = float(all_reduce_max(torch.tensor([float(marginal_error)], dtype=torch.float64), world))
+        linear_mean = summary[:n_batches].mean().to(stacked.dtype)
+        n_iter, converged = int(summary[n_batches]), float(summary[n_batches + 1]) == 0.0
+    else:
+        stacked = torch.stack(values)
+        linear_mean = torch.stack(linear).mean()
     value = stacked.mean()
     detached = stacked.detach().double()
     stderr = float(detached.std(unbiased=True) / math.sqrt(n_batches)) if n_batches > 1 else math.nan
     return OTResult(
         value=value,
-        value_linear=torch.stack([r.value_linear for r in results]).mean().detach(),
+        value_linear=linear_mean,
         plan=None,
         potentials=None,
-        n_iter=sum(r.n_iter for r in results),
-        converged=all(r.converged for r in results),
-        marginal_error=max(r.marginal_error for r in results),
+        n_iter=n_iter,
+        converged=converged,
+        marginal_error=marginal_error,
         reg=reg,
         method="minibatch",
         backend="dense",
@@ -262,5 +295,6 @@ def minibatch_ot(
             "inner": "exact" if reg is None else "sinkhorn",
             "seed": seed,
             "grad": grad,
+            **({"world_size": world.size, "solved_here": len(results)} if world.distributed else {}),
         },
     )

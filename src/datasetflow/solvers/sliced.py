@@ -53,6 +53,8 @@ __all__ = [
     "gather_projections",
     "QuantileSketch",
     "sketch_class_quantiles",
+    "sketch_projections",
+    "sketch_direction_error",
     "DEFAULT_PROJECTIONS",
 ]
 
@@ -208,6 +210,15 @@ def wasserstein_1d_sorted(
         cum_a = torch.arange(1, n + 1, dtype=torch.float64, device=u_sorted.device) / n
     if cum_b is None:
         cum_b = torch.arange(1, m + 1, dtype=torch.float64, device=v_sorted.device) / m
+    if cum_a.ndim == 1 and cum_b.ndim == 1:  # the same levels on every row: merge them once
+        cum_a, cum_b = cum_a.detach().to(torch.float64).clone(), cum_b.detach().to(torch.float64).clone()
+        cum_a[-1] = cum_b[-1] = 1.0
+        levels = torch.cat([cum_a, cum_b]).sort().values
+        steps = torch.diff(levels, prepend=levels.new_zeros(1)).clamp_min(0)
+        idx_u = torch.searchsorted(cum_a, levels).clamp_max(n - 1)
+        idx_v = torch.searchsorted(cum_b, levels).clamp_max(m - 1)
+        diff = u_sorted[:, idx_u] - v_sorted[:, idx_v]
+        return (steps * diff.abs().pow(p)).sum(dim=1).to(u_sorted.dtype)
     cum_a = cum_a.detach().to(torch.float64).expand(num_l, n).clone()
     cum_b = cum_b.detach().to(torch.float64).expand(num_l, m).clone()
     cum_a[:, -1] = 1.0  # force the last level to 1 (round-off of the cumulative sum)
@@ -469,11 +480,18 @@ class QuantileSketch:
         class_error: ``(C,)`` :math:`\delta_c`, an upper bound on :math:`\mathrm{SW}_p(\hat\mu_c, \mu_c)` (so every
             :math:`|\mathrm{SW}_p(\hat\mu_c, \nu) - \mathrm{SW}_p(\mu_c, \nu)| \le \delta_c`).
         counts: ``(C,)`` the classes' global sizes :math:`n_c`.
+        bin_width: ``(C, L)`` :math:`\Delta_{c,l}`, the bound on :math:`W_\infty` between the samples and the
+            piecewise-linear merged measure (0 for a class at one point).
+        oscillation: ``(C, L, K)`` :math:`\mathrm{osc}_{c,l,k}`, the rise of the merged quantile function over
+            level interval ``k``: :math:`W_q(\hat\mu_{c,l}, \mu_{c,l}) \le \Delta_{c,l} + (\frac1K\sum_k
+            \mathrm{osc}_{c,l,k}^q)^{1/q}` for every order ``q`` (:func:`sketch_direction_error`).
     """
 
     sorted: SortedClasses
     class_error: torch.Tensor
     counts: torch.Tensor
+    bin_width: torch.Tensor | None = None
+    oscillation: torch.Tensor | None = None
 
 
 def _quantiles_at(levels, cum, hist, low, width, counts):
@@ -545,11 +563,11 @@ class _SketchQuantiles(torch.autograd.Function):
             atoms[idx] = (rank * (levels / counts[c])).floor_().clamp_(0, levels - 1).to(torch.int32)
         ctx.save_for_backward(y, atoms, counts)
         ctx.levels = levels
-        ctx.mark_non_differentiable(class_error, counts)
-        return mids.transpose(1, 2).contiguous().to(u.dtype), class_error, counts
+        ctx.mark_non_differentiable(class_error, counts, delta, oscillation)
+        return mids.transpose(1, 2).contiguous().to(u.dtype), class_error, counts, delta, oscillation
 
     @staticmethod
-    def backward(ctx, grad_values, _grad_error, _grad_counts):  # type: ignore[override]
+    def backward(ctx, grad_values, _grad_error, _grad_counts, _grad_delta, _grad_osc):  # type: ignore[override]
         y, atoms, counts = ctx.saved_tensors
         levels, num_l = ctx.levels, atoms.shape[1]
         flat = (y[:, None] * levels + atoms.long()) * num_l + torch.arange(num_l, device=atoms.device)
@@ -602,9 +620,34 @@ def sketch_class_quantiles(
     Returns:
         A :class:`QuantileSketch` (the same on every rank).
     """
+    return sketch_projections(x @ theta.T, y, num_classes, world, bins=bins, levels=levels, p=p)
+
+
+def sketch_projections(
+    projected: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    world: World | None = None,
+    *,
+    bins: int = 256,
+    levels: int | None = None,
+    p: float = 2.0,
+) -> QuantileSketch:
+    """:func:`sketch_class_quantiles` of projections already formed: ``projected`` ``(n_r, L)`` (this rank's
+    points on ``L`` directions, the same directions on every rank), ``y`` ``(n_r,)`` their classes."""
     world = World() if world is None else world
     bins = check_n_projections(bins)
     levels = 4 * bins if levels is None else check_n_projections(levels)
-    values, class_error, counts = _SketchQuantiles.apply(x @ theta.T, y, num_classes, world, bins, levels, float(p))
+    values, class_error, counts, width, osc = _SketchQuantiles.apply(
+        projected, y, num_classes, world, bins, levels, float(p)
+    )
     sorted_ = SortedClasses(values, torch.full((num_classes,), levels, dtype=torch.long, device=values.device))
-    return QuantileSketch(sorted_, class_error, counts)
+    return QuantileSketch(sorted_, class_error, counts, width, osc)
+
+
+def sketch_direction_error(sketch: QuantileSketch, q: float) -> torch.Tensor:
+    r"""``(C, L)`` bounds :math:`\Delta_{c,l} + (\frac1K\sum_k \mathrm{osc}_{c,l,k}^q)^{1/q} \ge
+    W_q(\hat\mu_{c,l}, \mu_{c,l})` per class and direction (``q = inf``: the largest oscillation)."""
+    osc = sketch.oscillation
+    spread = osc.amax(2) if q == float("inf") else osc.pow(q).mean(2).pow(1.0 / q)
+    return sketch.bin_width + spread
