@@ -152,26 +152,67 @@ def slope(ns: list[int], seconds: list[float]) -> float | None:
     return float(np.polyfit(np.log(ns), np.log(seconds), 1)[0])
 
 
-def figure(results: dict, path: Path) -> None:
+EARLIER = "earlier"  # rows saved before run stamps were recorded (the code before the overhead cuts)
+
+
+def run_order(stamps) -> list[str]:
+    """Run stamps, oldest first (the unstamped earlier rows first)."""
+    return sorted(stamps, key=lambda k: (k != EARLIER, k))
+
+
+def load_saved(path: Path) -> tuple[dict, dict]:
+    """``(rows[run][method][n], runs[run])`` from results/bench_sliced.json (older flat files: one run per row's
+    ``run`` field, unstamped rows in the earlier run)."""
+    if not path.is_file():
+        return {}, {}
+    loaded = json.loads(path.read_text())
+    if "rows" in loaded:
+        rows = {
+            run: {m: {int(n): r for n, r in v.items()} for m, v in per.items()} for run, per in loaded["rows"].items()
+        }
+        return rows, loaded.get("runs", {})
+    rows: dict = {}
+    for method in METHODS:
+        for n, r in loaded.get(method, {}).items():
+            rows.setdefault(r.get("run", EARLIER), {}).setdefault(method, {})[int(n)] = r
+    return rows, loaded.get("runs", {})
+
+
+def latest(rows: dict) -> dict[str, dict[int, tuple[str, dict]]]:
+    """``{method: {n: (run, row)}}``, the most recent successful row of every case."""
+    out: dict[str, dict[int, tuple[str, dict]]] = {m: {} for m in METHODS}
+    for run in run_order(rows):
+        for method, per in rows[run].items():
+            for n, r in per.items():
+                if "seconds" in r or n not in out[method]:
+                    out[method][n] = (run, r)
+    return out
+
+
+def figure(rows: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 4))
+    fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
-    for method in METHODS:
-        points = [(n, r["seconds"]) for n, r in sorted(results[method].items()) if "seconds" in r]
-        if not points:
-            continue
-        ns, ts = zip(*points, strict=True)
-        fitted = slope(list(ns), list(ts))
-        label = LABELS[method] + (f" (slope {fitted:.2f})" if fitted is not None else "")
-        ax.loglog(ns, ts, marker="o", label=label, linestyle="--" if method == "floor" else "-")
+    order = run_order(rows)
+    for k, run in enumerate(order):
+        for method in METHODS:
+            points = [(n, r["seconds"]) for n, r in sorted(rows[run].get(method, {}).items()) if "seconds" in r]
+            if not points:
+                continue
+            ns, ts = zip(*points, strict=True)
+            fitted = slope(list(ns), list(ts))
+            label = f"{LABELS[method]}, {run}" + (f" (slope {fitted:.2f})" if fitted is not None else "")
+            style = "--" if k < len(order) - 1 else "-"
+            color = f"C{METHODS.index(method)}"
+            ax.loglog(ns, ts, marker="o" if method != "floor" else "s", label=label, linestyle=style, color=color)
     ax.set_xlabel("n per side")
     ax.set_ylabel("seconds (value + gradient)")
-    ax.set_title(f"d = {D}, L = {L}, {C} classes, float32, 1 thread", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"d = {D}, L = {L}, {C} classes, float32, 1 thread (dashed: earlier runs)", fontsize=9)
+    ax.legend(fontsize=6)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
@@ -183,53 +224,8 @@ def uptime() -> str:
         return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--case", nargs=3, metavar=("METHOD", "N", "REPEATS"))
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument(
-        "--retry-failed", action="store_true", help="rerun only the failed cases of results/bench_sliced.json"
-    )
-    parser.add_argument(
-        "--sizes", help="comma-separated sizes to (re)run; the other sizes keep their saved rows and run stamps"
-    )
-    parser.add_argument("--methods", help="comma-separated methods to (re)run (with --sizes); the others keep theirs")
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(case(args.case[0], int(args.case[1]), int(args.case[2]))))
-        return
-    all_sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
-    sizes = tuple(int(v) for v in args.sizes.split(",")) if args.sizes else all_sizes
-    repeats = {1_000: 7, 10_000: 3, 100_000: 1}
-    results: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
-    saved = ROOT / "results" / "bench_sliced.json"
-    runs: dict[str, dict] = {}
-    chosen = tuple(args.methods.split(",")) if args.methods else METHODS
-    if (args.retry_failed or args.sizes or args.methods) and saved.is_file():
-        loaded = json.loads(saved.read_text())
-        runs = loaded.get("runs", {})
-        results = {m: {int(n): r for n, r in loaded.get(m, {}).items()} for m in METHODS}
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    run_info = {"started": stamp, "uptime_start": uptime()}
-    print(run_info["uptime_start"], flush=True)
-    start = time.perf_counter()
-    for n in sizes:
-        for method in METHODS:
-            if n > LIMITS.get(method, n) or method not in chosen:
-                continue
-            if args.retry_failed and not args.sizes and "seconds" in results[method].get(n, {}):
-                continue
-            reps = 1 if method.startswith("otdd") and n > 1_000 else repeats[n]
-            results[method][n] = {**in_subprocess(method, n, reps), "run": stamp}
-            print(method, n, results[method][n], flush=True)
-    run_info["uptime_end"] = uptime()
-    run_info["seconds"] = time.perf_counter() - start
-    runs[stamp] = run_info
-    print(run_info["uptime_end"], flush=True)
-    used = sorted(
-        {r.get("run", "earlier run (code before the overhead cuts)") for v in results.values() for r in v.values()}
-    )
+def report(rows: dict, runs: dict) -> str:
+    shown = latest(rows)
     lines = [
         "## Sliced dataset distances (`benchmarks/bench_sliced.py`)",
         "",
@@ -237,30 +233,31 @@ def main() -> None:
         f"L = {L}, {C} equal classes, float32, one thread (`OMP_NUM_THREADS=1`: on this shared 2-core machine two "
         "threads were measured slower), each case in a fresh process, at normal priority on the shared machine. "
         "Seconds: median of the repeats after a warm-up (7 at n = 10^3, 3 at 10^4, 1 at 10^5 without warm-up, 1 "
-        "for OTDD above 10^3). Memory: peak RSS after the method's runs (before any floor run in that process) "
-        "minus the RSS once the data exist. The floor projects both datasets on the L directions in the same "
-        "chunks, sorts (the library's row sort) and back-propagates. **x floor** is the median of the ratios of "
-        "each run to a floor run made just before it *in the same process* (the floor row gives the floor "
-        "process's own median); load = the 1-minute load average when the case started.",
+        "for OTDD above 10^3; the earlier run: 3, 2, 1). Memory: peak RSS after the method's runs (before any "
+        "floor run in that process) minus the RSS once the data exist. The floor projects both datasets on the L "
+        "directions in the same chunks, sorts (the library's row sort) and back-propagates. **x floor** is the "
+        "median of the ratios of each run to a floor run made just before it *in the same process*; rows of the "
+        "earlier run (before the overhead cuts, no paired floor) give their ratio to that run's floor process, "
+        "marked unpaired. Load: the 1-minute load average when the case started. Each row is the latest run of "
+        "its case; the runs are listed below the table.",
         "",
-        "| method | n per side | seconds | floor s (same process) | x floor (paired) | extra peak RSS MB | load "
-        "| run |",
+        "| method | n per side | seconds | floor s (same process) | x floor | extra peak RSS MB | load | run |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method in METHODS:
-        for n, r in sorted(results[method].items()):
-            run = r.get("run", "earlier")
+        for n, (run, r) in sorted(shown[method].items()):
             if "seconds" not in r:
                 lines.append(f"| {LABELS[method]} | {n:,} | failed: {r['error']} | | | | | {run} |")
                 continue
+            floor_row = rows.get(run, {}).get("floor", {}).get(n, {})
             if "ratio_paired" in r:
                 ratio_text, floor_text = f"{r['ratio_paired']:.2f}", f"{r['floor_seconds']:.3f}"
             elif method == "floor":
                 ratio_text, floor_text = "1.00", f"{r['seconds']:.3f}"
-            else:  # saved rows of the earlier code: the ratio to the floor process, not paired
-                floor_row = results["floor"].get(n, {})
-                ratio_text = f"{r['seconds'] / floor_row['seconds']:.2f} (unpaired)" if "seconds" in floor_row else ""
-                floor_text = ""
+            elif "seconds" in floor_row:
+                ratio_text, floor_text = f"{r['seconds'] / floor_row['seconds']:.2f} (unpaired)", ""
+            else:
+                ratio_text, floor_text = "", ""
             extra = r["peak_rss_mb"] - r["base_rss_mb"]
             load = f"{r['load_1min']:.1f}" if "load_1min" in r else ""
             lines.append(
@@ -269,37 +266,95 @@ def main() -> None:
             )
     lines += ["", "Targets (issue 11: s-OTDD and SWB1DG value + gradient at most 2x the floor, memory linear in n):"]
     for method in ("sotdd", "swb1dg"):
-        for n, r in sorted(results[method].items()):
+        for n, (run, r) in sorted(shown[method].items()):
             if "ratio_paired" in r:
                 verdict = "met" if r["ratio_paired"] <= 2.0 else "**missed**"
                 lines.append(
                     f"- {LABELS[method]}, n = {n:,}: {verdict} ({r['ratio_paired']:.2f}x; paired ratios "
                     f"{min(r['ratios']):.2f}-{max(r['ratios']):.2f} over {len(r['ratios'])} runs, "
-                    f"load {r['load_1min']:.1f})"
+                    f"load {r['load_1min']:.1f}; {run})"
                 )
-    lines += ["", "Fitted log-log slopes of time against n:"]
-    for method in METHODS:
-        points = [(n, r["seconds"]) for n, r in sorted(results[method].items()) if "seconds" in r]
-        fitted = slope([p[0] for p in points], [p[1] for p in points]) if points else None
-        if fitted is not None:
-            lines.append(f"- {LABELS[method]}: {fitted:.2f} (n = {', '.join(f'{p[0]:,}' for p in points)})")
-    lines += ["", "![time against n](figures/bench_sliced.png)", "", "Runs behind the rows:"]
-    for key in used:
-        info = runs.get(key)
+            elif "seconds" in r and "seconds" in rows.get(run, {}).get("floor", {}).get(n, {}):
+                ratio = r["seconds"] / rows[run]["floor"][n]["seconds"]
+                verdict = "met" if ratio <= 2.0 else "**missed**"
+                lines.append(f"- {LABELS[method]}, n = {n:,}: {verdict} ({ratio:.2f}x unpaired; {run} run, not rerun)")
+    lines += [
+        "",
+        "Fitted log-log slopes of time against n (within one run; a load change between runs would bias a fit",
+    ]
+    lines[-1] += " across them):"
+    for run in run_order(rows):
+        for method in METHODS:
+            points = [(n, r["seconds"]) for n, r in sorted(rows[run].get(method, {}).items()) if "seconds" in r]
+            fitted = slope([q[0] for q in points], [q[1] for q in points]) if points else None
+            if fitted is not None:
+                lines.append(f"- {LABELS[method]}, {run}: {fitted:.2f} (n = {', '.join(f'{q[0]:,}' for q in points)})")
+    lines += ["", "![time against n](figures/bench_sliced.png)", "", "Runs:"]
+    for run in run_order(rows):
+        info = runs.get(run)
         if info is None:
-            lines.append(f"- {key}: rows saved before run stamps were recorded (load not recorded).")
+            lines.append(
+                f"- {run}: rows saved before run stamps were recorded (the code before the overhead cuts; "
+                "load not recorded)."
+            )
         else:
             lines.append(
-                f"- {key}: {info['seconds']:.0f} s; `uptime` at the start: `{info['uptime_start']}`; at the end: "
+                f"- {run}: {info['seconds']:.0f} s; `uptime` at the start: `{info['uptime_start']}`; at the end: "
                 f"`{info['uptime_end']}`."
             )
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", nargs=3, metavar=("METHOD", "N", "REPEATS"))
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="rerun only the failed cases of results/bench_sliced.json"
+    )
+    parser.add_argument("--sizes", help="comma-separated sizes to (re)run; the other rows keep their saved runs")
+    parser.add_argument("--methods", help="comma-separated methods to (re)run; the other rows keep their saved runs")
+    parser.add_argument("--render", action="store_true", help="rewrite the section and figure from the saved JSON")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(case(args.case[0], int(args.case[1]), int(args.case[2]))))
+        return
+    saved = ROOT / "results" / "bench_sliced.json"
+    rows, runs = load_saved(saved) if (args.retry_failed or args.sizes or args.methods or args.render) else ({}, {})
+    if not args.render:
+        all_sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
+        sizes = tuple(int(v) for v in args.sizes.split(",")) if args.sizes else all_sizes
+        chosen = tuple(args.methods.split(",")) if args.methods else METHODS
+        repeats = {1_000: 7, 10_000: 3, 100_000: 1}
+        done = latest(rows)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        info = {"uptime_start": uptime()}
+        print(info["uptime_start"], flush=True)
+        start = time.perf_counter()
+        for n in sizes:
+            for method in chosen:
+                if n > LIMITS.get(method, n):
+                    continue
+                if args.retry_failed and n in done[method] and "seconds" in done[method][n][1]:
+                    continue
+                reps = 1 if method.startswith("otdd") and n > 1_000 else repeats[n]
+                row = in_subprocess(method, n, reps)
+                rows.setdefault(stamp, {}).setdefault(method, {})[n] = row
+                print(method, n, row, flush=True)
+        info["uptime_end"] = uptime()
+        info["seconds"] = time.perf_counter() - start
+        runs[stamp] = info
+        print(info["uptime_end"], flush=True)
+    text = report(rows, runs)
     print(text)
     if not args.quick:
-        figure(results, ROOT / "docs" / "figures" / "bench_sliced.png")
-        (ROOT / "results").mkdir(exist_ok=True)
-        payload = {m: {str(n): r for n, r in v.items()} for m, v in results.items()}
-        payload["runs"] = runs
+        figure(rows, ROOT / "docs" / "figures" / "bench_sliced.png")
+        saved.parent.mkdir(exist_ok=True)
+        payload = {
+            "rows": {run: {m: {str(n): r for n, r in v.items()} for m, v in per.items()} for run, per in rows.items()},
+            "runs": runs,
+        }
         saved.write_text(json.dumps(payload, indent=1) + "\n")
         write_section(args.output, "sliced", text)
 
