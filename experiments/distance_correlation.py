@@ -256,6 +256,29 @@ def compute_pairs(name: str, config: dict, args, seed: int, until: float | None)
             )
 
 
+def label_cost_contrast(name: str, config: dict, args, seed: int) -> dict:
+    """On pair 0: the exact W2^2 between the two sides' classes, same class (different samples) against
+    different classes: how much more a plan pays to move mass across classes."""
+    from datasetflow.labels.costs import get_label_cost
+
+    pair = draw_pair(normalised(name, args.data_dir), config["sizes"], seed, 0)
+    with torch.no_grad():
+        matrix = get_label_cost("exact").between(pair["source"], pair["target"]).double()
+    names1, names2 = list(pair["source"].classes), list(pair["target"].classes)
+    same = [float(matrix[i, names2.index(c)]) for i, c in enumerate(names1) if c in names2]
+    mask = torch.ones_like(matrix, dtype=torch.bool)
+    for i, c in enumerate(names1):
+        if c in names2:
+            mask[i, names2.index(c)] = False
+    other = matrix[mask]
+    return {
+        "same_class_mean": float(np.mean(same)),
+        "other_class_mean": float(other.mean()),
+        "other_class_min": float(other.min()),
+        "relative_gap": float(other.mean() / np.mean(same) - 1.0),
+    }
+
+
 def summarise(name: str, config: dict, args, seed: int) -> dict | None:
     """Correlations over the cached pairs of one dataset (the first pairs in order, without gaps)."""
     header = {"dataset": name, "sizes": list(config["sizes"]), "L": list(config["L"]), "seed": seed, "version": 2}
@@ -287,6 +310,7 @@ def summarise(name: str, config: dict, args, seed: int) -> dict | None:
         "methods": {},
     }
     result["baseline_inverse_size"] = result["baselines"]["inverse_size"]
+    result["label_costs_pair0"] = label_cost_contrast(name, config, args, seed)
     for method in METHODS:
         result["methods"][method] = {}
         for L in config["L"]:
@@ -367,6 +391,7 @@ def markdown(payload: dict, figures: list[str]) -> str:
         base = result["baselines"]
         ref = np.asarray(result["reference"])
         share = np.mean(np.asarray(result["reference_label_part"]) / ref**2)
+        contrast = result["label_costs_pair0"]
         lines += [
             f"### {name}: {result['pairs']} pairs",
             "",
@@ -405,7 +430,10 @@ def markdown(payload: dict, figures: list[str]) -> str:
             "the optimal plan's cost (sum of plan x W2^2 between classes) "
             f"{interval(base['otdd_label_part']['spearman'])}; its feature part "
             f"{interval(base['otdd_feature_part']['spearman'])}. The label part is "
-            f"{100 * share:.0f} % of OTDD^2 on average.",
+            f"{100 * share:.0f} % of OTDD^2 on average. Exact W2^2 between the classes of the two sides of pair "
+            f"0: same class (different samples) {contrast['same_class_mean']:.1f} on average, different classes "
+            f"{contrast['other_class_mean']:.1f} (smallest {contrast['other_class_min']:.1f}): moving mass to another "
+            f"class costs {100 * contrast['relative_gap']:.0f} % more in the label term.",
             "",
             "Mean wall time per pair (s): exact OTDD "
             f"{result['reference_seconds_mean']:.1f}; "
@@ -429,46 +457,59 @@ def markdown(payload: dict, figures: list[str]) -> str:
 
 
 def reading(payload: dict) -> list[str]:
-    """The generated comparison with the goals and the published numbers."""
+    """The generated comparison with the goals and the published numbers (every number from the payload)."""
     out = ["**Reading.**", ""]
-    goals = {"mnist": 0.90, "cifar10": 0.85}
+    goals = {"mnist": (0.90, 500), "cifar10": (0.85, None)}
     for name, result in payload["datasets"].items():
-        method, L, entry = best_at(result, 500 if name == "mnist" else max(int(k) for k in result["methods"]["sotdd"]))
-        goal = goals.get(name)
+        goal, limit = goals.get(name, (None, None))
+        method, L, entry = best_at(result, limit or max(levels_of(result)))
         tv = result["baselines"]["class_tv"]["spearman"]
         size = result["baselines"]["inverse_size"]["spearman"]
+        gap = result["label_costs_pair0"]["relative_gap"]
+        digits = 3 if goal is not None and abs(entry["value"] - goal) < 0.005 else 2
         text = (
-            f"- {name}: best Spearman {entry['value']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}] "
-            f"({METHODS[method]}, L = {L}" + (", over L <= 500" if name == "mnist" else "") + ")"
+            f"- **{name}**: best Spearman {entry['value']:.{digits}f} [{entry['low']:.2f}, {entry['high']:.2f}] "
+            f"({METHODS[method]}, L = {L}" + (f", best over L <= {limit}" if limit else ", best over all L") + ")"
         )
         if goal is not None:
             verdict = "met" if entry["value"] >= goal else "**missed**"
             text += f"; goal >= {goal:.2f}: {verdict}"
-            if entry["low"] < goal <= entry["high"]:
-                text += f" (the interval contains {goal:.2f}: {result['pairs']} pairs do not decide it)"
+            if entry["low"] < goal <= entry["high"] or entry["low"] <= goal < entry["value"]:
+                text += f" (the interval contains {goal:.2f}: {result['pairs']} pairs do not settle it)"
+        published = PUBLISHED_SPEARMAN.get(name, {}).get(method, {}).get(L)
+        if published is not None:
+            text += f"; published for {METHODS[method]} at L = {L}: {published:.2f}"
         text += (
-            f". The class-proportion distance alone reaches {tv['value']:.2f}, and the reference follows the "
-            f"sample sizes with Spearman {size['value']:.2f}."
+            f". Exact OTDD against the class-proportion distance alone: {tv['value']:.2f}; against "
+            f"1/n1 + 1/n2: {size['value']:.2f}. In pair 0, moving mass to another class costs {100 * gap:.0f} % "
+            "more in the label term than keeping it in its class."
         )
+        if tv["value"] >= 0.6 and tv["value"] >= abs(size["value"]):
+            text += (
+                " The reference ranks these pairs mostly by their class-proportion mismatch, which every "
+                "label-aware sliced distance sees through its class term; that is why the correlations here can "
+                "exceed the published ones, measured on pairs without such a mismatch."
+            )
+        elif abs(size["value"]) > abs(tv["value"]):
+            text += (
+                " The reference ranks these pairs more by their sizes than by their class proportions: the classes "
+                "are close to each other in pixel space (the small label-cost gap), so the class-proportion "
+                "mismatch moves exact OTDD little, while its finite-sample term (two disjoint samples of one "
+                "distribution are far apart in this dimension, and the distance shrinks slowly with n) moves it "
+                "with n1 and n2. The sliced distances converge at rate n^-1/2 in any dimension and do not carry "
+                "that term, so this part of the ranking is invisible to all three, whatever L; reaching the goal "
+                "would take an estimator of OTDD's sample-size bias, which is not a property of the datasets."
+            )
         out.append(text)
     out += [
         "",
-        "Why the numbers differ from the published ones. (1) The pairs differ: here each side has its own random "
-        "class proportions, so most of the spread of exact OTDD is the cost of moving mass between classes, which "
-        "a label-aware sliced distance sees in every direction (its class term separates the classes in 1-D); the "
-        "published pairs are iid splits of one training set with equal proportions, where OTDD varies only "
-        "through subset size and sampling noise, so their correlations measure how well the estimators follow "
-        "OTDD's finite-sample bias. The class-proportion baseline above shows how much of our ranking needs no "
-        "features at all. (2) Exact OTDD in pixel space carries a large finite-sample term: two disjoint samples "
-        "of one distribution are far apart in d = 784 or 3072 (the W2 between samples shrinks like n^(-2/d_eff)), "
-        "and that term depends on n1, n2 and the class sizes; the sliced distances converge at rate n^(-1/2) in "
-        "any dimension and do not carry it. Where the reference follows 1/n1 + 1/n2 strongly (CIFAR-10, above), "
-        "that part of its ranking is invisible to every sliced estimator, whatever L. (3) On CIFAR-10 the classes "
-        "are close in pixel space (class means differ mostly in colour and brightness), so the class-proportion "
-        "signal is small next to the within-class spread, the label part of the plan's cost is nearly the same "
-        "for any class pairing, and the ranking is fragile; the published CIFAR-10 runs also use 5,000-10,000 "
-        "points of the training split and a random convolution feature map, which weights local image structure "
-        "rather than single pixels.",
+        "Differences from the published study, all stated above: test splits (10,000 points) instead of training "
+        "splits, so 2,000-5,000 points per side instead of 5,000-10,000; Dirichlet(1) class proportions instead "
+        "of iid splits with equal proportions (in the published protocol OTDD varies only through subset size "
+        "and sampling noise, so the published correlations measure how well an estimator follows OTDD's "
+        "finite-sample behaviour, not a difference between datasets); exact OTDD with an exact inner cost "
+        "instead of microsoft-otdd's debiased Sinkhorn outer problem; a PCA-10 label space for SWBG instead of "
+        "t-SNE-10; linear features on CIFAR-10 instead of a random convolution stack.",
     ]
     return out
 
