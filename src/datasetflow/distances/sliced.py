@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..costs.linalg import nuclear_norm, psd_sqrt, safe_sqrt
@@ -425,6 +426,8 @@ class _Side:
     bracket: torch.Tensor | None  # (n,) exact sigma~ weights of each class's sorted slots (uniform inside classes)
     first: torch.Tensor  # (n,) bool: first slot of its class
     last: torch.Tensor  # (n,) bool: last slot of its class
+    counts_np: np.ndarray | None = None  # (C,) class sizes (the segment lengths)
+    starts_np: np.ndarray | None = None  # (C,) first column of every class segment
 
     @property
     def sorted_y(self) -> torch.Tensor:
@@ -454,7 +457,11 @@ class _Side:
         if inside:
             bracket = _bracket_grouped((1.0 / counts.to(torch.float64))[y], y, first, last)
         uniform = bool((w == w[0]).all())
-        return cls(perm, y, w, ds.num_classes, masses, over_mass, uniform, segments, bracket, first, last)
+        counts_np = counts.cpu().numpy()
+        starts_np = np.asarray([start for start, _ in segments], dtype=np.intp)
+        return cls(
+            perm, y, w, ds.num_classes, masses, over_mass, uniform, segments, bracket, first, last, counts_np, starts_np
+        )
 
     def arrange(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(n, d)`` features in the grouped order."""
@@ -485,6 +492,43 @@ def _bracket_grouped(share: torch.Tensor, sorted_y: torch.Tensor, first: torch.T
 def _class_sum(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B, C)`` sums over the classes of ``(B, n)`` values."""
     return values.new_zeros(values.shape[0], num_classes).index_add(1, y, values)
+
+
+def _segment_sum(values: torch.Tensor, side: _Side) -> torch.Tensor:
+    """``(B, C)`` class sums of ``(B, n)`` values in the side's grouped order (no graph): one ``reduceat`` over
+    the class segments on the CPU (several times faster than ``index_add`` along rows), else :func:`_class_sum`."""
+    if values.device.type == "cpu" and not values.requires_grad and side.starts_np is not None:
+        return torch.from_numpy(np.add.reduceat(values.numpy(), side.starts_np, axis=1))
+    return _class_sum(values, side.y, side.num_classes)
+
+
+def _segment_argsort(t: torch.Tensor, side: _Side) -> torch.Tensor:
+    """``(B, n)`` long indices that sort every class segment of each row of ``t`` (grouped order) and keep the
+    segments in place. On the CPU: one numpy ``argsort`` over a ``(B, C, n_c)`` view when the classes have equal
+    sizes, else one per segment written into a preallocated array."""
+    if t.device.type != "cpu" or side.counts_np is None:
+        return torch.cat([argsort_rows(t[:, start:stop]).to(t.device) + start for start, stop in side.segments], 1)
+    values, counts = t.detach().numpy(), side.counts_np
+    rows, n = values.shape
+    if bool((counts == counts[0]).all()):
+        size = int(counts[0])
+        order = np.argsort(values.reshape(rows, len(counts), size), axis=2)
+        order += (np.arange(len(counts)) * size)[None, :, None]
+        return torch.from_numpy(order.reshape(rows, n))
+    order = np.empty((rows, n), dtype=np.int64)
+    for start, stop in side.segments:
+        segment = np.argsort(values[:, start:stop], axis=1)
+        segment += start
+        order[:, start:stop] = segment
+    return torch.from_numpy(order)
+
+
+def _expand(values: torch.Tensor, side: _Side) -> torch.Tensor:
+    """``(B, n)`` per-point copies of ``(B, C)`` class values in the side's grouped order (a new tensor, no
+    graph): ``np.repeat`` of every class column over its segment on the CPU, else ``index_select``."""
+    if values.device.type == "cpu" and not values.requires_grad and side.counts_np is not None:
+        return torch.from_numpy(np.repeat(values.numpy(), side.counts_np, axis=1))
+    return values.index_select(1, side.y)
 
 
 def _power(t: torch.Tensor, order: torch.Tensor, big: float) -> torch.Tensor:
@@ -524,7 +568,7 @@ class _Features:
             m1 = params["m1"][:, None]
             self.mean_coef = -psi[:, 1:2] * m1
             self.sigma_coef = -psi[:, 1:2] * (torch.sqrt(1.0 - m1 * m1))  # s1 - eps
-            mean = _class_sum(t * side.over_mass, side.y, side.num_classes)
+            mean = _segment_sum(t * side.over_mass, side)
             sigma, self.order, self.weights_sorted = self._sigma(t)
             self.within_order = self.order
             return self.mean_coef * mean + self.sigma_coef * (sigma - setup.eps)
@@ -539,15 +583,18 @@ class _Features:
         rows that need it. Falls back to log-space powers when :math:`t^j` could overflow float64.
         """
         side, lam, psi = self.side, params["lam"], params["psi"]
-        self.slope = t.new_zeros(t.shape) if self.need_grad else None
+        self.slope = None
         if lam.shape[1] == 0:
+            self.slope = t.new_zeros(t.shape) if self.need_grad else None
             return t.new_zeros(t.shape[0], side.num_classes)
         lam64 = lam.to(t.dtype)
         factor = psi[:, 1:] * torch.exp(-torch.lgamma(lam64 + 1.0))  # (B, k): psi_{r+1} / lam_r!
         top = int(lam.max()) - 1
-        big = float(t.abs().max())
-        accumulated = torch.zeros_like(t)
+        low, high = torch.aminmax(t)
+        big = max(-float(low), float(high))
         if big > 0 and top * math.log(big) >= 700.0:
+            accumulated = torch.zeros_like(t)
+            self.slope = t.new_zeros(t.shape) if self.need_grad else None
             for r in range(lam.shape[1]):
                 lower = _power(t, lam64[:, r : r + 1] - 1.0, big)
                 accumulated.addcmul_(lower, factor[:, r : r + 1])
@@ -559,38 +606,44 @@ class _Features:
             coef.index_put_((lam - 1, rows[:, None].expand_as(lam)), factor, accumulate=True)
             slope_coef = t.new_zeros(top + 1, t.shape[0])
             slope_coef.index_put_((lam - 1, rows[:, None].expand_as(lam)), factor * lam64, accumulate=True)
-            need = (lam.amax(dim=1) - 1).tolist()  # non-increasing (rows sorted by their largest order)
-            power = torch.ones_like(t)
-            for j in range(top + 1):
-                m = sum(1 for k in need if k >= j) if j else t.shape[0]
-                if j:
-                    power[:m].mul_(t[:m])
-                accumulated[:m].addcmul_(power[:m], coef[j, :m, None])
+            # rows[:need[j]] are the rows whose largest order reaches j + 1 (rows sorted by their largest order)
+            need = torch.bincount(lam.amax(dim=1) - 1, minlength=top + 1).flip(0).cumsum(0).flip(0).tolist()
+            # j = 0 (power 1): the constant terms; j = 1: t itself; then one product per power, on the rows that
+            # need it (the same float64 operations, in the same order, as accumulating from zero)
+            accumulated = coef[0][:, None].expand_as(t).clone()
+            if self.need_grad:
+                self.slope = slope_coef[0][:, None].expand_as(t).clone()
+            power = t
+            for j in range(1, top + 1):
+                m = need[j]
+                power = t[:m] if j == 1 else power[:m].mul_(t[:m]) if j > 2 else t[:m] * t[:m]
+                accumulated[:m].addcmul_(power, coef[j, :m, None])
                 if self.slope is not None:
-                    self.slope[:m].addcmul_(power[:m], slope_coef[j, :m, None])
-        return _class_sum(accumulated.mul_(t).mul_(side.over_mass), side.y, side.num_classes)
+                    self.slope[:m].addcmul_(power, slope_coef[j, :m, None])
+        return _segment_sum(accumulated.mul_(t).mul_(side.over_mass), side)
 
     def _sigma(self, t: torch.Tensor):
         """``(B, C)`` exact sigma~ from one row sort per class segment (the points are grouped by class)."""
         side = self.side
-        order = torch.cat([argsort_rows(t[:, start:stop]).to(t.device) + start for start, stop in side.segments], 1)
+        order = _segment_argsort(t, side)
         values = t.gather(1, order)
         bracket = side.bracket
         if bracket is None:  # weights differ inside a class: the weights follow the order
             share = side.over_mass[order]
             bracket = _bracket_grouped(share, side.sorted_y, side.first, side.last)
         weights = bracket if bracket.ndim == 2 else bracket.expand_as(values)
-        return _class_sum(values * weights, side.sorted_y, side.num_classes), order, weights
+        self.within_values = values  # t sorted inside every class (z's class runs, see _sketch)
+        return _segment_sum(values * weights, side), order, weights
 
     def backward(self, class_grad: torch.Tensor) -> torch.Tensor:
         """``(B, n)`` gradient with respect to ``t`` of :math:`\\sum_{b,c} G_{bc}\\, b_{bc}` (``class_grad`` = G)."""
         side, setup = self.side, self.setup
         if setup.family == "sotdd":
-            return class_grad.index_select(1, side.y).mul_(side.over_mass).mul_(self.slope)
+            return _expand(class_grad, side).mul_(side.over_mass).mul_(self.slope)
         if setup.family == "swb1dg":
-            out = (class_grad * self.mean_coef).index_select(1, side.y).mul_(side.over_mass)
-            sorted_part = (class_grad * self.sigma_coef).index_select(1, side.sorted_y).mul_(self.weights_sorted)
-            return out.scatter_add(1, self.order, sorted_part)
+            out = _expand(class_grad * self.mean_coef, side).mul_(side.over_mass)
+            sorted_part = _expand(class_grad * self.sigma_coef, side).mul_(self.weights_sorted)
+            return out.scatter_add_(1, self.order, sorted_part)
         self.gauss.backward(class_grad)
         return None
 
@@ -678,13 +731,13 @@ def _sketch(x: torch.Tensor, features: _Features, params: dict[str, torch.Tensor
     if offset is not None:
         t = t - offset[:, None]
     b = features.forward(t, params)
-    z = torch.addcmul(b.index_select(1, features.side.y), params["psi"][:, :1], t)
     within = features.within_order
     if within is None:
+        z = torch.addcmul(_expand(b, features.side), params["psi"][:, :1], t)
         order = argsort_rows(z)
         z_sorted = z.gather(1, order)
     else:  # SWB1DG: z is monotone in t inside a class, so its class runs come sorted: a faster row sort
-        grouped = z.gather(1, within)
+        grouped = torch.addcmul(_expand(b, features.side), params["psi"][:, :1], features.within_values)
         inner = argsort_rows(grouped)
         z_sorted = grouped.gather(1, inner)
         order = within.gather(1, inner)
@@ -695,12 +748,10 @@ def _sketch(x: torch.Tensor, features: _Features, params: dict[str, torch.Tensor
 
 def _input_grad(x: torch.Tensor, features: _Features, params, order, theta, sorted_grad) -> torch.Tensor:
     """``(n, d)`` gradient of the chunk's sum with respect to ``x``, from the gradient on the sorted ``z``."""
-    g = torch.zeros_like(sorted_grad).scatter_(1, order, sorted_grad)  # d/dz
-    class_grad = _class_sum(g, features.side.y, features.side.num_classes)
-    dt = params["psi"][:, :1] * g
+    g = torch.empty_like(sorted_grad).scatter_(1, order, sorted_grad)  # d/dz (order: a permutation of each row)
+    class_grad = _segment_sum(g, features.side)
     extra = features.backward(class_grad)
-    if extra is not None:
-        dt = dt + extra
+    dt = g.mul_(params["psi"][:, :1]) if extra is None else extra.addcmul_(g, params["psi"][:, :1])
     return dt.to(x.dtype).mT @ theta
 
 
@@ -712,7 +763,7 @@ def _w1d_and_grads(u, a, v, b, p: float, need1: bool, need2: bool):
         diff = u - v
         if p == 2.0:
             w = diff.square().mean(dim=1)
-            grad = diff * (2.0 / u.shape[1])
+            grad = diff.mul_(2.0 / u.shape[1])
         else:
             magnitude = diff.abs()
             w = magnitude.pow(p).mean(dim=1)
@@ -778,7 +829,7 @@ class _PairRunner:
                 values.append(_bank_order(wasserstein_1d_sorted(u, a, v, b, setup.p), perm))
                 continue
             w, grads = _w1d_and_grads(u, a, v, b, setup.p, need1, need2)
-            grads = [g / L for g in grads]
+            grads = [g.div_(L) for g in grads]
             if need1:
                 g1 += _input_grad(x1, f1, params, order1, theta, grads.pop(0))
             if need2:
