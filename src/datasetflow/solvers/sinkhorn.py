@@ -367,24 +367,64 @@ class _StabilisedKernel:
     the cost's float32 rounding, divided by ``reg``, would exceed ``tol`` (``wide``).
     """
 
-    def __init__(self, cost: torch.Tensor, log_w: torch.Tensor, h0: torch.Tensor, eps: float, wide: bool) -> None:  # noqa: D107
-        work = torch.float64 if wide else cost.dtype
+    def __init__(  # noqa: D107
+        self, cost: torch.Tensor, log_w: torch.Tensor, h0: torch.Tensor, eps: float, wide: bool, max_cost: float
+    ) -> None:
+        dtype = cost.dtype
         with torch.no_grad():
-            exponent = (h0.to(work) / eps + log_w.to(work))[None, :] - cost.to(work) / eps
+            # a first pass in the cost's dtype; with wide exponents it only selects the entries to keep (its
+            # rounding, at most `margin`, is far below the cutoff) and a sparse kernel recomputes them in float64
+            exponent = torch.sub((h0.to(dtype) / eps + log_w.to(dtype))[None, :], cost, alpha=1.0 / eps)
             top = exponent.amax(dim=1, keepdim=True)
-            exponent -= top
-            exponent.masked_fill_(exponent < -KERNEL_CUTOFF, -math.inf)
-            kernel = exponent.exp_().to(cost.dtype)
-            self.top = top.squeeze(1).to(torch.float64)
-            kept = int(torch.count_nonzero(kernel))
-            self.sparse = kept <= SPARSE_BELOW * kernel.numel()
-            if self.sparse:
-                with warnings.catch_warnings():  # "sparse CSR support is in beta": matrix-vector products only
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.rows, self.cols = kernel.to_sparse_csr(), kernel.mT.contiguous().to_sparse_csr()
+            scale = (max_cost + float(h0.abs().max())) / eps
+            margin = 1.0 + 8.0 * torch.finfo(dtype).eps * scale if wide else 0.0
+            keep = exponent >= top - (KERNEL_CUTOFF + margin)
+            kept = int(torch.count_nonzero(keep))
+            self.sparse = kept <= SPARSE_BELOW * keep.numel()
+            n, m = cost.shape
+            if self.sparse and wide:
+                rows, cols = keep.nonzero(as_tuple=True)
+                del exponent, keep
+                exact = (h0[cols] / eps + log_w[cols].double()) - cost[rows, cols].double() / eps
+                row_top = torch.full((n,), -math.inf, dtype=torch.float64, device=cost.device)
+                row_top = row_top.scatter_reduce(0, rows, exact, "amax")
+                exact -= row_top[rows]
+                good = exact >= -KERNEL_CUTOFF
+                rows, cols, values = rows[good], cols[good], exact[good].exp().to(dtype)
+                self.top = row_top
+                self._from_triplets(rows, cols, values, n, m)
             else:
-                self.rows, self.cols = kernel, kernel.mT
-        self.density = kept / max(kernel.numel(), 1)
+                if wide:  # dense kernel: every exponent in float64
+                    exponent = (h0 / eps + log_w.double())[None, :] - cost.double() / eps
+                    top = exponent.amax(dim=1, keepdim=True)
+                    exponent -= top
+                else:
+                    exponent -= top
+                exponent.masked_fill_(exponent < -KERNEL_CUTOFF, -math.inf)
+                kernel = exponent.exp_().to(dtype)
+                self.top = top.squeeze(1).to(torch.float64)
+                kept = int(torch.count_nonzero(kernel))
+                self.sparse = kept <= SPARSE_BELOW * kernel.numel()
+                if self.sparse:
+                    rows, cols = kernel.nonzero(as_tuple=True)
+                    self._from_triplets(rows, cols, kernel[rows, cols], n, m)
+                else:
+                    self.rows, self.cols = kernel, kernel.mT
+        self.shape = (n, m)
+        self.density = kept / max(n * m, 1)
+
+    def _from_triplets(self, rows, cols, values, n: int, m: int) -> None:
+        """CSR matrices of ``K`` and ``K^T`` from row-major ``(row, col, value)`` triplets."""
+        counts = torch.bincount(rows, minlength=n)
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=values.device)
+        crow[1:] = counts.cumsum(0)
+        order = torch.argsort(cols * n + rows)
+        ccol = torch.zeros(m + 1, dtype=torch.int64, device=values.device)
+        ccol[1:] = torch.bincount(cols, minlength=m).cumsum(0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matrix-vector products only
+            warnings.simplefilter("ignore", UserWarning)
+            self.rows = torch.sparse_csr_tensor(crow, cols, values, (n, m))
+            self.cols = torch.sparse_csr_tensor(ccol, rows[order], values[order], (m, n))
 
     def threads(self):
         """One intra-op thread for the sweeps over a sparse kernel (microseconds of work per product: on a busy
@@ -401,7 +441,11 @@ class _StabilisedKernel:
 
     def dense(self) -> torch.Tensor:
         """``K`` as a dense matrix."""
-        return self.rows.to_dense() if self.sparse else self.rows
+        if not self.sparse:
+            return self.rows
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self.rows.to_dense()
 
 
 def _kernel_floor(dtype: torch.dtype) -> float:
@@ -417,9 +461,10 @@ def _kernel_pair(cost, a, b, eps, schedule, max_iter, tol, init, memory, wide):
     with ``f = T_a(g)`` exact, ``g = g^0 + \varepsilon \log v``. Intermediate stages run ``STAGE_SWEEPS``
     sweeps; the last one iterates (Anderson-accelerated on :math:`\log v`) until the column-marginal error
     is below ``tol``, stalls at the float sums' floor, or ``max_iter``. Potentials are kept in float64.
-    Returns ``(f, g, plan, n_iter, status, errors)`` with the dense plan of the returned pair.
+    Exponents are formed in float64 at the stages with ``eps_k < wide``. Returns
+    ``(f, g, plan, n_iter, status, errors, density)`` with the dense plan of the returned pair.
     """
-    log_b = b.log()
+    log_b, max_cost = b.log(), float(cost.abs().max())
     g0 = torch.zeros(b.shape[0], dtype=torch.float64, device=b.device) if init is None else init[1].detach().double()
     stages = [*schedule, eps]
     errors: list[float] = []
@@ -427,7 +472,7 @@ def _kernel_pair(cost, a, b, eps, schedule, max_iter, tol, init, memory, wide):
     floor = _kernel_floor(cost.dtype)
     for k, eps_k in enumerate(stages):
         final = k == len(stages) - 1
-        kernel = _StabilisedKernel(cost, log_b, g0, eps_k, wide)
+        kernel = _StabilisedKernel(cost, log_b, g0, eps_k, eps_k < wide, max_cost)
         log_v = torch.zeros_like(b)
         accelerator = _Anderson(memory if final else 0)
         sweeps = 0
@@ -454,14 +499,14 @@ def _kernel_pair(cost, a, b, eps, schedule, max_iter, tol, init, memory, wide):
                 log_v = accelerator.step(log_v, log_out, error)
             if float(log_v.abs().max()) > ABSORB_AT or float(u.log().abs().max()) > ABSORB_AT:
                 g0 = g0 + eps_k * log_v.double()
-                kernel = _StabilisedKernel(cost, log_b, g0, eps_k, wide)
+                kernel = _StabilisedKernel(cost, log_b, g0, eps_k, eps_k < wide, max_cost)
                 log_v = torch.zeros_like(b)
                 accelerator = _Anderson(memory if final else 0)
         if final:
             break
         g0 = g0 + eps_k * log_v.double()
         if n_iter >= max_iter:  # out of sweeps while annealing: the plan of the last potentials at eps
-            kernel, log_v = _StabilisedKernel(cost, log_b, g0, eps, wide), torch.zeros_like(b)
+            kernel, log_v = _StabilisedKernel(cost, log_b, g0, eps, eps < wide, max_cost), torch.zeros_like(b)
             break
     v = log_v.exp()
     u = 1.0 / kernel.row_sums(v)
@@ -475,7 +520,7 @@ def _kernel_symmetric(cost, a, eps, schedule, max_iter, tol, init, memory, wide)
     kernel form: with ``K`` built around ``f^0`` and :math:`c = -t - f^0/\varepsilon`, ``h = (f - f^0)/eps``
     becomes :math:`\tfrac12 (h + c - \log K e^h)`. A warm start skips the annealing. Returns
     ``(f, T(f), plan, n_iter, status, errors)`` (the plan of ``(f, T(f))``: exact column marginals)."""
-    log_a = a.log()
+    log_a, max_cost = a.log(), float(cost.abs().max())
     if isinstance(init, (tuple, list)):
         init = init[0]
     f0 = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device) if init is None else init.detach().double()
@@ -485,7 +530,7 @@ def _kernel_symmetric(cost, a, eps, schedule, max_iter, tol, init, memory, wide)
     floor = _kernel_floor(cost.dtype)
 
     def build(eps_k):
-        kernel = _StabilisedKernel(cost, log_a, f0, eps_k, wide)
+        kernel = _StabilisedKernel(cost, log_a, f0, eps_k, eps_k < wide, max_cost)
         return kernel, (-kernel.top - f0 / eps_k).to(a.dtype)
 
     for k, eps_k in enumerate(stages):
@@ -729,18 +774,19 @@ def _kernel_ot(cost, dense_cost, a, b, eps, schedule, *, max_iter, tol, grad, sy
     :func:`_kernel_symmetric`); the plan is the one the iterations built, the envelope gradient is that plan's."""
     low, high = extremes
     max_cost = max(abs(low), abs(high))
-    # exponents in float64 where the cost's rounding divided by reg would exceed tol
-    exact_exponents = precision_floor(max_cost, eps, cost.dtype) > tol
+    # exponents in float64 at the stages where the cost's rounding divided by reg would exceed tol
+    wide_below = torch.finfo(cost.dtype).eps * max_cost / tol
+    exact_exponents = eps < wide_below
     matrix = dense_cost.detach()
     a_d, b_d = a.detach(), b.detach()
     with torch.no_grad():
         if symmetric:
             f, g, plan, n_iter, status, errors, density = _kernel_symmetric(
-                matrix, a_d, eps, schedule, max_iter, tol, init, anderson, exact_exponents
+                matrix, a_d, eps, schedule, max_iter, tol, init, anderson, wide_below
             )
         else:
             f, g, plan, n_iter, status, errors, density = _kernel_pair(
-                matrix, a_d, b_d, eps, schedule, max_iter, tol, init, anderson, exact_exponents
+                matrix, a_d, b_d, eps, schedule, max_iter, tol, init, anderson, wide_below
             )
         dual = ((f * a_d.double()).sum() + (g * b_d.double()).sum()).to(cost.dtype)
         linear = torch.dot(plan.flatten(), matrix.flatten())
