@@ -48,9 +48,9 @@ STEPS = 1000
 GOAL_MINUTES = 10.0
 STEP_SIZE = 0.5
 #: the estimator of the first ``STEPS - FINAL_STEPS`` steps and of the last ``FINAL_STEPS`` (see ``flow_phases``)
-FIRST = {"B": 500}
+FIRST = {"B": 500, "matched": True}
 FINAL = {"sinkhorn": True}
-FINAL_STEPS = 10
+FINAL_STEPS = 0
 
 
 PROBE_DIR = Path(__file__).resolve().parents[1] / "results" / "repurpose_paper_size_probe"
