@@ -211,8 +211,8 @@ print(json.dumps({{"seconds": seconds, "label_seconds": label_seconds, "value": 
 
 
 def small_reg_runs(source, target, repeats: int, reg: float = 0.2) -> dict:
-    """Value + gradient at a small ``reg`` (float32, default settings: annealing, then iterations to tol 1e-5),
-    paired with the floor, against a float64 run converged to tol 1e-5 (the reference)."""
+    """Value + gradient at a small ``reg`` (float32, default settings: annealing, then the value-based stop),
+    paired with the floor, against a float64 run converged to tol 1e-5 with ``value_tol=None`` (the reference)."""
     import warnings
 
     from datasetflow.errors import ConvergenceWarning
@@ -491,18 +491,15 @@ path here. Peak RSS includes the datasets and the Python process.
 ### Small regularisation: reg = 0.2 (issue 14 item 6)
 
 The reference implementation's setting (its epsilon 0.1 on half our cost) on the same problem, costs of order
-10^3: exponents C/reg near 4e4, beyond float32's resolution of the potentials. The dense backend iterates in
-kernel form (`solvers/sinkhorn.py`, `_kernel_pair`): potentials in float64, the stabilised kernel
-`b_j exp((g0_j - C_ij)/reg - t_i)` in float32 with entries below e^-50 of their row dropped (stored sparse,
-CSR, when at most 2 % are kept; here about 0.13 %), exponents formed in float64 where the cost's float32
-rounding over reg would exceed tol; one sweep is two matrix-vector products; the scalings are absorbed into the
-potentials (and the kernel rebuilt) when |log u| > 12. Epsilon is annealed by 0.5 from the cost's spread down
-to reg with 3 sweeps per stage, then the last stage iterates (Anderson-accelerated) until the L1 marginal error
-is below tol = 1e-5: no value-based stop (`value_tol` is off by default), so the gradient is the converged
-plan's. The debiasing self-transport problems start from the cross potentials. The reference is the same
-problem in float64 converged to tol 1e-5 (max_iter 5000); the gradient deviation compares the two gradients
-with respect to the source features. Target of issue 14: at most 10x the floor, value within 0.1 % of the
-reference.
+10^3: exponents C/reg near 4e4, beyond float32's resolution of the potentials. The solver anneals epsilon by
+0.5 from the cost's spread down to reg (one sweep per stage), then iterates (Anderson-accelerated) until tol
+1e-5, until the marginal error stalls at the float32 precision floor, or (default `value_tol="auto"` for
+annealed solves) until the dual value is estimated within a relative 1e-4 of its limit from its rise and the
+error's rate of fall over the last 5 sweeps. The last two stop with `converged=False`, `stop` naming which,
+and a `ConvergenceWarning`. The log-sum-exps clamp their shifted exponents at -80 (fast `exp`). The reference
+is the same problem in float64 with `value_tol=None`, converged to tol 1e-5 (max_iter 5000); the gradient
+deviation compares the two gradients with respect to the source features. Target of issue 14: at most 10x
+the floor, value within 0.1 % of the reference.
 
 """
     full_text = """

@@ -114,10 +114,9 @@ def _small_reg_problem(gen, dtype):
 
 
 def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen):
-    """Log-domain sweeps (the chunked backend) stall at the float32 resolution of the potentials."""
     cost = _small_reg_problem(gen, torch.float32)
     with pytest.warns(ConvergenceWarning, match=r"precision floor.*float64"):
-        result = solve(cost, reg=0.2, max_iter=5000, value_tol=None, backend="chunked")
+        result = solve(cost, reg=0.2, max_iter=5000, value_tol=None)
     assert not result.converged and result.config["status"] == "stalled"
     assert result.n_iter < 5000  # stopped by the stall detector, not by max_iter
     assert result.marginal_error < 10 * result.config["precision_floor"]
@@ -128,51 +127,16 @@ def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen):
     assert float(result.value) == pytest.approx(float(reference.value), rel=1e-5)
 
 
-def test_small_reg_float32_dense_kernel_form_converges_to_the_float64_plan(gen):
-    """The dense backend iterates on the stabilised kernel (float64 potentials and exponents, float32 kernel):
-    it converges where log-domain float32 sweeps stall, to the float64 plan and value."""
-    cost = _small_reg_problem(gen, torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        result = solve(cost, reg=0.2, max_iter=5000)
-        reference = solve(cost.double(), reg=0.2, max_iter=5000, tol=1e-9)  # float64 (the kernel form, too)
-    assert result.converged and result.config["iterations"] == "kernel"
-    assert result.config["exponents"] == "float64"  # float32 rounding of C / reg would exceed tol
-    assert result.marginal_error < 2e-5
-    assert float(result.value) == pytest.approx(float(reference.value), rel=1e-6)
-    torch.testing.assert_close(result.plan.double(), reference.plan, rtol=0, atol=2e-3 * float(reference.plan.max()))
-    assert float((result.plan.double() - reference.plan).abs().sum()) < 1e-4
-
-
-def test_kernel_form_equals_log_domain_and_autodiff_in_float64(gen):
-    """Dense kernel-form iterations against the chunked log-domain ones: value, potentials' plan and envelope
-    gradient (float64), for a pair, a self-transport problem and a debiased divergence, annealed or not."""
-    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
-    y = torch.randn(30, 3, generator=gen, dtype=torch.float64) + 0.7
-    for reg in (1.0, 0.02):
-        for debiased in (False, True):
-            grads = {}
-            for backend in ("dense", "chunked"):
-                xs = x.clone().requires_grad_()
-                res = solve(OTDDCost(xs, y), reg=reg, tol=1e-11, backend=backend, debiased=debiased, max_iter=20000)
-                assert res.converged
-                (grads[backend],) = torch.autograd.grad(res.value, xs)
-                grads[backend + "_value"] = float(res.value.detach())
-            assert grads["dense_value"] == pytest.approx(grads["chunked_value"], rel=1e-10, abs=1e-12)
-            torch.testing.assert_close(grads["dense"], grads["chunked"], rtol=1e-7, atol=1e-10)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_small_reg_value_stop_is_accurate_reported_and_earlier(gen, dtype):
     cost = _small_reg_problem(gen, dtype)
-    tol = sinkhorn_module.AUTO_VALUE_TOL
     with pytest.warns(ConvergenceWarning, match=r"dual value settled.*value_tol=None"):
-        result = solve(cost, reg=0.2, max_iter=5000, value_tol=tol)  # opt-in (the default is None)
+        result = solve(cost, reg=0.2, max_iter=5000)  # value_tol="auto": on, since reg anneals here
     assert not result.converged and result.config["status"] == "value"
     assert result.marginal_error > 1e-5  # stopped before the marginal tolerance
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None, backend="chunked")
+        reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None)
     assert result.n_iter < reference.n_iter
     # the stop estimates a relative 1e-4 (AUTO_VALUE_TOL); allow twice that
     assert float(result.value) == pytest.approx(float(reference.value), rel=2 * sinkhorn_module.AUTO_VALUE_TOL)

@@ -207,10 +207,7 @@ class OTDDCost(CostOperator):
             cost = cost * self.feature_weight
         if rest:
             label_matrix = rest[0]
-            # L[y_i, y'_j] as (rows of L) @ one-hot(y')^T: exact (one non-zero product per entry), and its
-            # backward is two small GEMMs instead of a scatter-add of every entry into the C1 x C2 matrix
-            onehot = torch.nn.functional.one_hot(self.labels_target, label_matrix.shape[1]).to(label_matrix.dtype)
-            label_term = label_matrix.index_select(0, self.labels[start:stop]) @ onehot.mT
+            label_term = label_matrix[self.labels[start:stop, None], self.labels_target[None, :]]
             cost = cost + self.label_weight * label_term
         return cost
 

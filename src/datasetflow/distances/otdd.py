@@ -122,7 +122,7 @@ def otdd(
     target_summary: Any = None,
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     world: World | None = None,
-    value_tol: float | str | None = None,
+    value_tol: float | str | None = "auto",
     rank: int | None = None,
     batch_size: int | None = None,
     n_batches: int | None = None,
@@ -190,8 +190,8 @@ def otdd(
             ``inner`` must be a statistics-based label cost, the Gaussian one), and the result is the OTDD of
             all shards together, the same on every rank, differentiable in this rank's features
             (``potentials``: this rank's ``f`` rows and the whole ``g``). ``outer="sinkhorn"`` only.
-        value_tol: Sinkhorn's opt-in value-based stop, see :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None
-            (default; ``"auto"`` means the same) iterates until ``tol`` or the precision floor.
+        value_tol: Sinkhorn's value-based stop for annealed (small-``reg``) solves, see
+            :func:`~datasetflow.solvers.sinkhorn.sinkhorn`; None iterates until ``tol`` or the precision floor.
         rank: ``outer="lowrank"``: the rank (see :func:`~datasetflow.solvers.api.solve`).
         batch_size, n_batches, seed, generator, disjoint: ``outer="minibatch"`` (``seed`` also seeds the
             low-rank initial factors); see :func:`~datasetflow.solvers.minibatch.minibatch_ot`.

@@ -73,7 +73,7 @@ def solve(
     eps_scaling: float | str | None = "auto",
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    value_tol: float | str | None = None,
+    value_tol: float | str | None = "auto",
     rank: int | None = None,
     batch_size: int | None = None,
     n_batches: int | None = None,
@@ -111,8 +111,8 @@ def solve(
         potentials_init: Sinkhorn warm start ``(f, g)``.
         known_self_values: with ``debiased``, self-transport values already known (see
             :func:`~datasetflow.solvers.sinkhorn.sinkhorn`).
-        value_tol: Sinkhorn's opt-in value-based stop (see :func:`~datasetflow.solvers.sinkhorn.sinkhorn`;
-            default None, ``"auto"`` means the same: iterate until ``tol`` or the precision floor).
+        value_tol: Sinkhorn's value-based stop (see :func:`~datasetflow.solvers.sinkhorn.sinkhorn`;
+            ``"auto"``: a relative 1e-4 for annealed, small-``reg`` solves only).
         rank: ``method="lowrank"``: the rank ``1 <= r <= min(n, m)`` (default four per class of the cost,
             :func:`~datasetflow.solvers.lowrank.default_rank`).
         batch_size, n_batches: ``method="minibatch"``: ``B <= min(n, m)`` (default ``min(n, m, 1000)``) and

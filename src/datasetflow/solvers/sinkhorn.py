@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
 
 import torch
 
 from ..costs.ground import CostOperator
 from ..errors import ConvergenceWarning, InvalidArgumentError, RegularizationError
-from ..utils import lapack_threads
 from .envelope import attach_envelope
 from .result import OTResult
 
@@ -339,245 +337,6 @@ def _solve_symmetric(kernel: _Kernel, a, eps, schedule, max_iter, tol, init, mem
     return f, kernel.symmetric(f, eps), n_iter, status, errors
 
 
-# ---------------------------------------------------------------------- kernel form (dense backend)
-#: Kernel-form iterations: entries of the stabilised kernel below ``exp(-KERNEL_CUTOFF)`` times their row's
-#: largest entry are dropped (their total is below ``n e^{-50}`` ~ 4e-19 of a row, below float64 rounding).
-KERNEL_CUTOFF = 50.0
-
-#: The scalings are absorbed into the potentials (and the kernel rebuilt) when ``|log u|`` exceeds this.
-ABSORB_AT = 12.0
-
-#: Stabilised kernels with at most this fraction of entries kept are stored sparse (CSR).
-SPARSE_BELOW = 0.02
-
-#: Sweeps per annealing stage of the kernel-form solver (the last stage iterates until ``tol``).
-STAGE_SWEEPS = 3
-
-
-class _StabilisedKernel:
-    r"""The row-normalised stabilised kernel of a dense cost around a potential ``h0`` on the columns,
-
-    .. math:: K_{ij} = w_j \exp\big((h^0_j - C_{ij})/\varepsilon - t_i\big), \qquad
-              t_i = \max_j \big((h^0_j - C_{ij})/\varepsilon + \log w_j\big),
-
-    (``w`` the column weights), so that :math:`\sum_j w_j e^{(h_j - C_{ij})/\varepsilon}
-    = e^{t_i} (K e^{(h - h^0)/\varepsilon})_i`: one soft-min is one matrix-vector product. Every row's largest
-    entry is 1 and entries below :math:`e^{-\text{KERNEL\_CUTOFF}}` are 0; a kernel with few entries left
-    (small ``reg``: the plan is nearly a matching) is stored sparse. The exponents are formed in float64 when
-    the cost's float32 rounding, divided by ``reg``, would exceed ``tol`` (``wide``).
-    """
-
-    def __init__(  # noqa: D107
-        self, cost: torch.Tensor, log_w: torch.Tensor, h0: torch.Tensor, eps: float, wide: bool, max_cost: float
-    ) -> None:
-        dtype = cost.dtype
-        with torch.no_grad():
-            # a first pass in the cost's dtype; with wide exponents it only selects the entries to keep (its
-            # rounding, at most `margin`, is far below the cutoff) and a sparse kernel recomputes them in float64
-            exponent = torch.sub((h0.to(dtype) / eps + log_w.to(dtype))[None, :], cost, alpha=1.0 / eps)
-            top = exponent.amax(dim=1, keepdim=True)
-            scale = (max_cost + float(h0.abs().max())) / eps
-            margin = 1.0 + 8.0 * torch.finfo(dtype).eps * scale if wide else 0.0
-            keep = exponent >= top - (KERNEL_CUTOFF + margin)
-            kept = int(torch.count_nonzero(keep))
-            self.sparse = kept <= SPARSE_BELOW * keep.numel()
-            n, m = cost.shape
-            if self.sparse and wide:
-                rows, cols = keep.nonzero(as_tuple=True)
-                del exponent, keep
-                exact = (h0[cols] / eps + log_w[cols].double()) - cost[rows, cols].double() / eps
-                row_top = torch.full((n,), -math.inf, dtype=torch.float64, device=cost.device)
-                row_top = row_top.scatter_reduce(0, rows, exact, "amax")
-                exact -= row_top[rows]
-                good = exact >= -KERNEL_CUTOFF
-                rows, cols, values = rows[good], cols[good], exact[good].exp().to(dtype)
-                self.top = row_top
-                self._from_triplets(rows, cols, values, n, m)
-            else:
-                if wide:  # dense kernel: every exponent in float64
-                    exponent = (h0 / eps + log_w.double())[None, :] - cost.double() / eps
-                    top = exponent.amax(dim=1, keepdim=True)
-                    exponent -= top
-                else:
-                    exponent -= top
-                exponent.masked_fill_(exponent < -KERNEL_CUTOFF, -math.inf)
-                kernel = exponent.exp_().to(dtype)
-                self.top = top.squeeze(1).to(torch.float64)
-                kept = int(torch.count_nonzero(kernel))
-                self.sparse = kept <= SPARSE_BELOW * kernel.numel()
-                if self.sparse:
-                    rows, cols = kernel.nonzero(as_tuple=True)
-                    self._from_triplets(rows, cols, kernel[rows, cols], n, m)
-                else:
-                    self.rows, self.cols = kernel, kernel.mT
-        self.shape = (n, m)
-        self.density = kept / max(n * m, 1)
-
-    def _from_triplets(self, rows, cols, values, n: int, m: int) -> None:
-        """CSR matrices of ``K`` and ``K^T`` from row-major ``(row, col, value)`` triplets."""
-        counts = torch.bincount(rows, minlength=n)
-        crow = torch.zeros(n + 1, dtype=torch.int64, device=values.device)
-        crow[1:] = counts.cumsum(0)
-        order = torch.argsort(cols * n + rows)
-        ccol = torch.zeros(m + 1, dtype=torch.int64, device=values.device)
-        ccol[1:] = torch.bincount(cols, minlength=m).cumsum(0)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": matrix-vector products only
-            warnings.simplefilter("ignore", UserWarning)
-            self.rows = torch.sparse_csr_tensor(crow, cols, values, (n, m))
-            self.cols = torch.sparse_csr_tensor(ccol, rows[order], values[order], (m, n))
-
-    def threads(self):
-        """One intra-op thread for the sweeps over a sparse kernel (microseconds of work per product: on a busy
-        machine, waking a second thread measured ~30 ms per call), the default otherwise."""
-        return lapack_threads(self.rows.values() if self.sparse else self.rows) if self.sparse else nullcontext()
-
-    def row_sums(self, scaling: torch.Tensor) -> torch.Tensor:
-        """``K @ scaling``, clamped away from 0 (a row or column with every entry dropped stays finite)."""
-        return (self.rows @ scaling).clamp_min_(torch.finfo(scaling.dtype).tiny)
-
-    def col_sums(self, scaling: torch.Tensor) -> torch.Tensor:
-        """``K^T @ scaling``, clamped away from 0."""
-        return (self.cols @ scaling).clamp_min_(torch.finfo(scaling.dtype).tiny)
-
-    def dense(self) -> torch.Tensor:
-        """``K`` as a dense matrix."""
-        if not self.sparse:
-            return self.rows
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return self.rows.to_dense()
-
-
-def _kernel_floor(dtype: torch.dtype) -> float:
-    """Marginal-error floor of the kernel-form iterations: the rounding of float sums of positive terms."""
-    return 8.0 * torch.finfo(dtype).eps
-
-
-def _kernel_pair(cost, a, b, eps, schedule, max_iter, tol, init, memory, wide):
-    r"""Alternating Sinkhorn in kernel form on a dense cost, with absorption (Schmitzer 2019) and annealing.
-
-    Each stage (``schedule``, then ``eps``) builds :class:`_StabilisedKernel` around the current ``g``; a sweep
-    is then two matrix-vector products, :math:`u = 1/(K v)`, :math:`v = b/(K^\top (a u))` (``K`` carries ``b``),
-    with ``f = T_a(g)`` exact, ``g = g^0 + \varepsilon \log v``. Intermediate stages run ``STAGE_SWEEPS``
-    sweeps; the last one iterates (Anderson-accelerated on :math:`\log v`) until the column-marginal error
-    is below ``tol``, stalls at the float sums' floor, or ``max_iter``. Potentials are kept in float64.
-    Exponents are formed in float64 at the stages with ``eps_k < wide``. Returns
-    ``(f, g, plan, n_iter, status, errors, density)`` with the dense plan of the returned pair.
-    """
-    log_b, max_cost = b.log(), float(cost.abs().max())
-    g0 = torch.zeros(b.shape[0], dtype=torch.float64, device=b.device) if init is None else init[1].detach().double()
-    stages = [*schedule, eps]
-    errors: list[float] = []
-    status, n_iter = "max_iter", 0
-    floor = _kernel_floor(cost.dtype)
-    for k, eps_k in enumerate(stages):
-        final = k == len(stages) - 1
-        kernel = _StabilisedKernel(cost, log_b, g0, eps_k, eps_k < wide, max_cost)
-        log_v = torch.zeros_like(b)
-        accelerator = _Anderson(memory if final else 0)
-        sweeps = 0
-        while n_iter < max_iter:
-            with kernel.threads():
-                u = 1.0 / kernel.row_sums(log_v.exp())
-                col = kernel.col_sums(a * u)
-            n_iter += 1
-            sweeps += 1
-            log_out = log_b - col.log()
-            error = float((log_v.exp() * col - b).abs().sum())
-            if final:
-                errors.append(error)
-                if error < tol:
-                    status = "converged"
-                    break
-                if _stalled(errors, floor):
-                    status = "stalled"
-                    break
-            elif sweeps >= STAGE_SWEEPS:
-                log_v = log_out
-                break
-            with kernel.threads():
-                log_v = accelerator.step(log_v, log_out, error)
-            if float(log_v.abs().max()) > ABSORB_AT or float(u.log().abs().max()) > ABSORB_AT:
-                g0 = g0 + eps_k * log_v.double()
-                kernel = _StabilisedKernel(cost, log_b, g0, eps_k, eps_k < wide, max_cost)
-                log_v = torch.zeros_like(b)
-                accelerator = _Anderson(memory if final else 0)
-        if final:
-            break
-        g0 = g0 + eps_k * log_v.double()
-        if n_iter >= max_iter:  # out of sweeps while annealing: the plan of the last potentials at eps
-            kernel, log_v = _StabilisedKernel(cost, log_b, g0, eps, eps < wide, max_cost), torch.zeros_like(b)
-            break
-    v = log_v.exp()
-    u = 1.0 / kernel.row_sums(v)
-    f = eps * (u.double().log() - kernel.top)
-    plan = (a * u)[:, None] * kernel.dense() * v[None, :]
-    return f, g0 + eps * log_v.double(), plan, n_iter, status, errors, kernel.density
-
-
-def _kernel_symmetric(cost, a, eps, schedule, max_iter, tol, init, memory, wide):
-    r"""The averaged symmetric update :math:`f \leftarrow \tfrac12 (f + T(f))` of :func:`_solve_symmetric` in
-    kernel form: with ``K`` built around ``f^0`` and :math:`c = -t - f^0/\varepsilon`, ``h = (f - f^0)/eps``
-    becomes :math:`\tfrac12 (h + c - \log K e^h)`. A warm start skips the annealing. Returns
-    ``(f, T(f), plan, n_iter, status, errors)`` (the plan of ``(f, T(f))``: exact column marginals)."""
-    log_a, max_cost = a.log(), float(cost.abs().max())
-    if isinstance(init, (tuple, list)):
-        init = init[0]
-    f0 = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device) if init is None else init.detach().double()
-    stages = [*(schedule if init is None else ()), eps]
-    errors: list[float] = []
-    status, n_iter = "max_iter", 0
-    floor = _kernel_floor(cost.dtype)
-
-    def build(eps_k):
-        kernel = _StabilisedKernel(cost, log_a, f0, eps_k, eps_k < wide, max_cost)
-        return kernel, (-kernel.top - f0 / eps_k).to(a.dtype)
-
-    for k, eps_k in enumerate(stages):
-        final = k == len(stages) - 1
-        kernel, shift = build(eps_k)
-        h = torch.zeros_like(a)
-        accelerator = _Anderson(memory if final else 0)
-        sweeps = 0
-        while n_iter < max_iter:
-            with kernel.threads():
-                t = shift - kernel.row_sums(h.exp()).log()  # (T(f) - f0) / eps
-            n_iter += 1
-            sweeps += 1
-            error = float((a * torch.expm1(h - t)).abs().sum())
-            h_out = 0.5 * (h + t)
-            if final:
-                errors.append(error)
-                if error < tol:
-                    status = "converged"
-                    break
-                if _stalled(errors, floor):
-                    status = "stalled"
-                    break
-            elif sweeps >= STAGE_SWEEPS:
-                h = h_out
-                break
-            with kernel.threads():
-                h = accelerator.step(h, h_out, error)
-            if float(h.abs().max()) > ABSORB_AT:
-                f0 = f0 + eps_k * h.double()
-                kernel, shift = build(eps_k)
-                h = torch.zeros_like(a)
-                accelerator = _Anderson(memory if final else 0)
-        if final:
-            break
-        f0 = f0 + eps_k * h.double()
-        h = torch.zeros_like(a)
-        if n_iter >= max_iter:
-            kernel, shift = build(eps)
-            break
-    t = shift - kernel.row_sums(h.exp()).log()
-    f_new = f0 + eps * t.double()
-    # P_ij = a_i a_j exp((f_i + T(f)_j - C_ij)/eps) = a_i e^{h_i - c_i} K_ij e^{t_j}: column sums exact
-    plan = (a * (h - shift).exp())[:, None] * kernel.dense() * t.exp()[None, :]
-    return f0 + eps * h.double(), f_new, plan, n_iter, status, errors, kernel.density
-
-
 def _large_reg_ot(cost: CostOperator, a, b, eps, *, grad, backend, spread) -> OTResult:
     r"""Entropic OT for ``reg`` far above the cost's spread, from its expansion in ``1/reg``.
 
@@ -667,24 +426,8 @@ def _entropic_ot(
     compute_dtype = torch.float64 if wide else cost.dtype
     floor = precision_floor(max(abs(low), abs(high)), eps, compute_dtype)
     schedule = _schedule(eps, max(spread, eps), eps_scaling, scale)
-    if value_tol == "auto":  # kept for compatibility: no value-based stop (the gradient is that of the plan)
-        value_tol = None
-    if use_dense and not autodiff and not wide and value_tol is None:
-        return _kernel_ot(
-            cost,
-            dense_cost,
-            a,
-            b,
-            eps,
-            schedule,
-            max_iter=max_iter,
-            tol=tol,
-            grad=grad,
-            symmetric=symmetric,
-            init=init,
-            anderson=anderson,
-            extremes=(low, high),
-        )
+    if value_tol == "auto":  # only annealed (small-reg) solves, whose marginals converge slowly
+        value_tol = AUTO_VALUE_TOL if schedule and not autodiff else None
     with torch.set_grad_enabled(autodiff):
         a_solve, b_solve = (a, b) if autodiff else (a.detach(), b.detach())
         kernel = _Kernel(
@@ -769,73 +512,6 @@ def _entropic_ot(
     )
 
 
-def _kernel_ot(cost, dense_cost, a, b, eps, schedule, *, max_iter, tol, grad, symmetric, init, anderson, extremes):
-    """:func:`_entropic_ot` on the dense backend by kernel-form iterations (:func:`_kernel_pair`,
-    :func:`_kernel_symmetric`); the plan is the one the iterations built, the envelope gradient is that plan's."""
-    low, high = extremes
-    max_cost = max(abs(low), abs(high))
-    # exponents in float64 at the stages where the cost's rounding divided by reg would exceed tol
-    wide_below = torch.finfo(cost.dtype).eps * max_cost / tol
-    exact_exponents = eps < wide_below
-    matrix = dense_cost.detach()
-    a_d, b_d = a.detach(), b.detach()
-    with torch.no_grad():
-        if symmetric:
-            f, g, plan, n_iter, status, errors, density = _kernel_symmetric(
-                matrix, a_d, eps, schedule, max_iter, tol, init, anderson, wide_below
-            )
-        else:
-            f, g, plan, n_iter, status, errors, density = _kernel_pair(
-                matrix, a_d, b_d, eps, schedule, max_iter, tol, init, anderson, wide_below
-            )
-        dual = ((f * a_d.double()).sum() + (g * b_d.double()).sum()).to(cost.dtype)
-        linear = torch.dot(plan.flatten(), matrix.flatten())
-        error = float((plan.sum(1) - a_d).abs().sum() + (plan.sum(0) - b_d).abs().sum())
-    f, g = f.to(cost.dtype), g.to(cost.dtype)
-    if grad == "detach":
-        value = dual
-    else:
-        value = attach_envelope(dual, cost, a, b, f, g, plan=plan, dense_cost=dense_cost)
-    floor = _kernel_floor(cost.dtype)
-    last = errors[-1] if errors else float("nan")
-    if status == "stalled":
-        warnings.warn(
-            f"Sinkhorn stalled at marginal error {last:.2g} > tol={tol:g} after {n_iter} sweeps: that is the "
-            f"{cost.dtype} precision floor of the kernel sums (about {floor:.1g}) for reg={eps:.4g} on costs up to "
-            f"{max_cost:.4g}. Use float64 features (dtype=torch.float64, --dtype float64) or a looser tol.",
-            ConvergenceWarning,
-            stacklevel=5,
-        )
-    elif status != "converged":
-        warnings.warn(
-            f"Sinkhorn stopped at max_iter={max_iter} with marginal error {last:.3g} > tol={tol:g} (reg={eps:.4g}). "
-            "Increase max_iter or reg, or loosen tol.",
-            ConvergenceWarning,
-            stacklevel=5,
-        )
-    return OTResult(
-        value=value,
-        value_linear=linear.to(cost.dtype),
-        plan=plan,
-        potentials=(f, g),
-        n_iter=n_iter,
-        converged=status == "converged",
-        marginal_error=error,
-        reg=eps,
-        method="sinkhorn",
-        backend="dense",
-        errors=tuple(errors),
-        config={
-            "status": status,
-            "precision_floor": floor,
-            "compute_dtype": str(cost.dtype).replace("torch.", ""),
-            "iterations": "kernel",
-            "exponents": "float64" if exact_exponents else str(cost.dtype).replace("torch.", ""),
-            "kernel_density": density,
-        },
-    )
-
-
 def sinkhorn(
     cost: CostOperator,
     a: torch.Tensor,
@@ -851,7 +527,7 @@ def sinkhorn(
     potentials_init: tuple[torch.Tensor, torch.Tensor] | None = None,
     anderson: int = 5,
     known_self_values: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    value_tol: float | str | None = None,
+    value_tol: float | str | None = "auto",
 ) -> OTResult:
     r"""Entropic OT (or the debiased Sinkhorn divergence) by log-domain Sinkhorn.
 
@@ -877,13 +553,12 @@ def sinkhorn(
         anderson: memory of the Anderson acceleration of the Sinkhorn fixed-point map
             (0 disables it). It typically cuts iterations 3-6x and rescues the slow regime
             of nearly identical measures at small ``reg``.
-        value_tol: opt-in early stop (status ``"value"``, ``converged=False``, a ``ConvergenceWarning``) when the
+        value_tol: also stop (status ``"value"``, ``converged=False``, a ``ConvergenceWarning``) when the
             dual value is estimated within this relative accuracy of its limit although the marginal error
             is still above ``tol`` (the model: both converge linearly at the rate measured over the last
-            ``VALUE_WINDOW`` sweeps); it runs the log-domain sweeps. Default None: iterate until ``tol``, the
-            precision floor or ``max_iter``, so that the gradient is the converged plan's. ``"auto"`` is
-            accepted for compatibility and means None (it used to stop annealed solves at ``AUTO_VALUE_TOL``,
-            which left their gradients ~15 % off the converged ones at ``reg = 0.2`` on the OTDD benchmark).
+            ``VALUE_WINDOW`` sweeps). ``"auto"`` (default): ``AUTO_VALUE_TOL`` for annealed solves (small
+            ``reg``, where the marginals converge slowly once the plan is nearly a permutation), None
+            otherwise; None: iterate until ``tol``, the precision floor or ``max_iter``.
 
     Returns:
         An :class:`OTResult`.
