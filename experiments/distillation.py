@@ -493,7 +493,7 @@ def main(argv=None) -> None:
         },
         "splits": {},
         "threads": torch.get_num_threads(),
-        "cache": str(cache),
+        "cache": os.path.relpath(cache, ROOT),  # relative to the repository, no machine path
     }
     datasets: dict[str, dict] = {}
     flows, labels = [], []
