@@ -221,6 +221,8 @@ def describe(phase: dict) -> str:
     if phase.get("sinkhorn"):
         return "debiased Sinkhorn OTDD (all points, warm-started)"
     text = f"minibatch OTDD, B = {phase['B']}"
+    if phase.get("matched"):
+        text = "class-matched " + text
     if phase.get("reg"):
         text += ", entropic"
     return text + (", fixed pairs" if phase.get("fixed") else ", fresh target minibatches")

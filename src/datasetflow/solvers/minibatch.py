@@ -32,7 +32,7 @@ import torch
 from ..costs.ground import CostOperator
 from ..distributed.comm import World, all_reduce_max, all_reduce_sum
 from ..errors import InvalidArgumentError
-from .exact import exact_ot
+from .exact import exact_ot_many
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
@@ -222,21 +222,20 @@ def minibatch_ot(
     source_labels = None if strata is None else strata[0]
     sources = disjoint_minibatches(a, batch_size, n_batches, generator, source_labels) if disjoint else None
     world = World() if world is None else world
-    values = []
-    results: list[OTResult] = []
+    pairs = []  # every pair is drawn here, in order, so that the generator's stream does not depend on the solves
     for k in range(n_batches):
         if sources is None:
             rows, wa = draw_minibatch(a, batch_size, generator, source_labels)
         else:
             rows, wa = sources[k]
         cols, wb = draw_minibatch(b, batch_size, generator, None if strata is None else strata[1])
-        if k % world.size != world.rank:  # another rank's pair: drawn (the same stream), not solved
-            continue
-        sub = cost.subset(rows, cols)
-        if reg is None:
-            res = exact_ot(sub, wa, wb, max_iter=max_iter or 1_000_000, grad=grad)
-        else:
-            res = sinkhorn(
+        if k % world.size == world.rank:  # another rank's pair is drawn (the same stream), not solved
+            pairs.append((cost.subset(rows, cols), wa, wb))
+    if reg is None:
+        results = exact_ot_many(pairs, max_iter=max_iter or 1_000_000, grad=grad)
+    else:
+        results = [
+            sinkhorn(
                 sub,
                 wa,
                 wb,
@@ -246,8 +245,9 @@ def minibatch_ot(
                 grad=grad,
                 backend="dense",
             )
-        results.append(res)
-        values.append(res.value)
+            for sub, wa, wb in pairs
+        ]
+    values = [r.value for r in results]
     linear = [r.value_linear.detach() for r in results]
     n_iter = sum(r.n_iter for r in results)
     converged = all(r.converged for r in results)
