@@ -229,7 +229,7 @@ def minibatch_ot(
         else:
             rows, wa = sources[k]
         cols, wb = draw_minibatch(b, batch_size, generator, None if strata is None else strata[1])
-        if k % world.size == world.rank:  # another rank's pair is drawn (the same stream), not solved
+        if k % world.size == world.rank:  # this rank solves pair k; the other ranks draw it (the same stream), no more
             pairs.append((cost.subset(rows, cols), wa, wb))
     if reg is None:
         results = exact_ot_many(pairs, max_iter=max_iter or 1_000_000, grad=grad)
