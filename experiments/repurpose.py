@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     if args.paper_size:
         import repurpose_paper_size
 
-        repurpose_paper_size.run(args, steps=args.paper_steps)
+        repurpose_paper_size.run(args, steps=args.paper_steps, batch_size=args.paper_batch)
         return
     per_class, steps, eval_every = (30, 8, 4) if args.quick else (200, 60, 5)
     started = time.perf_counter()
@@ -204,6 +204,9 @@ def _paper_size_flags(parser) -> None:
         "--paper-size", action="store_true", help="5,000 particles per source (see repurpose_paper_size.py)"
     )
     parser.add_argument("--paper-steps", type=int, default=None, help="steps of the --paper-size run (default 1000)")
+    parser.add_argument(
+        "--paper-batch", type=int, default=None, help="minibatch size B of the --paper-size run (default: FIRST's B)"
+    )
 
 
 def _plot_curves(runs: dict, path) -> None:

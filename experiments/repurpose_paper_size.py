@@ -206,11 +206,13 @@ def nearest_target_report(final_x: torch.Tensor, target, classifier, labels: tor
     return report
 
 
-def schedule(steps: int) -> list[tuple[int, dict, float]]:
-    """The phases of a ``steps``-step paper-size flow: ``SCHEDULE``'s minibatch phase shortened so that the final
-    phase (``FINAL_STEPS``, at most a tenth of the run) ends the flow."""
+def schedule(steps: int, batch_size: int | None = None) -> list[tuple[int, dict, float]]:
+    """The phases of a ``steps``-step paper-size flow: ``FIRST``'s minibatch phase (its ``B`` replaced by
+    ``batch_size`` when given) shortened so that the final phase (``FINAL_STEPS``, at most a tenth of the run) ends
+    the flow."""
     final = min(FINAL_STEPS, max(1, steps // 10)) if FINAL_STEPS else 0
-    phases = [(steps - final, dict(FIRST), STEP_SIZE)]
+    first = dict(FIRST) if batch_size is None else {**FIRST, "B": int(batch_size)}
+    phases = [(steps - final, first, STEP_SIZE)]
     if final:
         phases.append((final, dict(FINAL), STEP_SIZE))
     return [p for p in phases if p[0] > 0]
@@ -228,14 +230,15 @@ def describe(phase: dict) -> str:
     return text + (", fixed pairs" if phase.get("fixed") else ", fresh target minibatches")
 
 
-def run(args, steps: int | None = None) -> dict:
-    """Flow both sources for ``steps`` (default 1,000) steps; write the JSON and the results section."""
+def run(args, steps: int | None = None, batch_size: int | None = None) -> dict:
+    """Flow both sources for ``steps`` (default 1,000) steps, minibatches of ``batch_size`` (default ``FIRST``'s);
+    write the JSON and the results section."""
     steps = STEPS if steps is None else int(steps)
     particles = 300 if args.quick else PARTICLES
     if args.quick:
         steps = min(steps, 6)
     eval_every = max(1, steps // 10)
-    phases = schedule(steps)
+    phases = schedule(steps, batch_size)
     if args.quick:  # minibatches of at most the quick run's class-stratified 300 points
         phases = [(n, {**p, "B": min(p["B"], 150)} if "B" in p else p, h) for n, p, h in phases]
     load_before = os.getloadavg()

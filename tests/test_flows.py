@@ -279,3 +279,19 @@ def test_reclustering_keeps_label_ids():
     assert match_previous_labels(swapped, previous).tolist() == previous.tolist()
     merged = np.array([0, 0, 0, 0, 1, 1])  # classes 0 and 1 merged
     assert match_previous_labels(merged, previous).tolist() == [0, 0, 0, 0, 1, 1]
+
+
+@pytest.mark.fast
+def test_subnormal_coordinates_are_flushed_to_zero(gen):
+    """A coordinate that decays geometrically (here halved exactly at every step) would become subnormal after
+    about 126 float32 steps, where CPU arithmetic is slow; the integrator sets it to 0 instead. Before that the
+    flow is untouched."""
+    x, y = _gaussian(gen, 30, [0.0, 0.0], 1.0)
+    x = x.float()
+    halving = potential(lambda x, y: 0.5 * (x**2).sum(1), name="halving")  # Euler step 0.5: x <- x / 2
+    early = run_flow(halving, LabeledDataset(x, y), steps=100, step_size=0.5)
+    torch.testing.assert_close(early.final.x, x * 2.0**-100, rtol=1e-5, atol=0)
+    late = run_flow(halving, LabeledDataset(x, y), steps=135, step_size=0.5)
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((x * 2.0**-135).abs() < tiny).all())  # without the flush every entry would be subnormal here
+    assert bool((late.final.x == 0).all())

@@ -237,3 +237,21 @@ def test_minibatch_pairs_solved_on_threads_equal_one_loop(gen):
     assert torch.equal(v1, v3) and e1 == e3
     assert all(torch.equal(p, q) for p, q in zip(g1, g3, strict=True))
     assert g1[0].abs().sum() > 0
+
+
+def test_subsets_share_one_gather_and_equal_one_subset_per_pair(gen):
+    """OTDDCost.subsets (one gather per side for all minibatch pairs) gives the dense costs and the gradients of one
+    subset() per pair, overlapping rows included."""
+    cost, x, label = _otdd_cost(gen, n=40, m=36, requires_grad=True)
+    rows = [torch.randperm(40, generator=gen)[:7] for _ in range(3)]
+    cols = [torch.randperm(36, generator=gen)[:5] for _ in range(3)]
+    shared = cost.subsets(rows, cols)
+    single = [cost.subset(r, c) for r, c in zip(rows, cols, strict=True)]
+    for s, t in zip(shared, single, strict=True):
+        torch.testing.assert_close(s.dense(), t.dense(), rtol=0, atol=0)
+    weights = torch.rand(3, 7, 5, generator=gen, dtype=x.dtype)
+    total = [sum((w * c.dense()).sum() for w, c in zip(weights, costs, strict=True)) for costs in (shared, single)]
+    grads = [torch.autograd.grad(t, [x, label]) for t in total]
+    for p, q in zip(*grads, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    assert cost.subsets([], []) == []

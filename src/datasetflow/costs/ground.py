@@ -84,6 +84,11 @@ class CostOperator(ABC):
         """The ``(len(rows), len(cols))`` sub-cost ``C[rows][:, cols]`` (differentiable; minibatch OT)."""
         raise InvalidArgumentError(f"{type(self).__name__} cannot be restricted to a minibatch.")
 
+    def subsets(self, rows: Sequence[torch.Tensor], cols: Sequence[torch.Tensor]) -> list[CostOperator]:
+        """The sub-costs ``[C[rows[k]][:, cols[k]] for k]`` (minibatch OT's pairs); by default one :meth:`subset`
+        each. Subclasses may share one gather between them (fewer ``(n, d)`` gradients in the backward)."""
+        return [self.subset(r, c) for r, c in zip(rows, cols, strict=True)]
+
     def factors(self, params: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """An exact factorisation ``C = A B^T`` (``A`` of shape ``(n, k)``, ``B`` of shape ``(m, k)``),
         differentiable with respect to ``params``, or None when the cost has none (low-rank OT then
@@ -246,6 +251,40 @@ class OTDDCost(CostOperator):
             label_weight=self.label_weight,
             self_label_matrices=self.self_label_matrices,
         )
+
+    def subsets(self, rows: Sequence[torch.Tensor], cols: Sequence[torch.Tensor]) -> list[OTDDCost]:
+        """The pairs' sub-costs from **one** gather of the features on each side, split into views.
+
+        The same costs as one :meth:`subset` per pair, but the backward writes one ``(n, d)`` gradient for the
+        whole set instead of a zero-filled ``(n, d)`` tensor per pair (measured on the paper-size re-purposing
+        flow, 20 pairs of 250 points: 190 ms of zero-fills per step, most of the backward).
+        """
+        if len(rows) != len(cols):
+            raise InvalidArgumentError(
+                f"subsets needs as many row as column index sets, got {len(rows)} and {len(cols)}."
+            )
+        if not rows:
+            return []
+        all_rows, all_cols = torch.cat(list(rows)), torch.cat(list(cols))
+        row_sizes, col_sizes = [int(r.numel()) for r in rows], [int(c.numel()) for c in cols]
+        xs = self.x[all_rows].split(row_sizes)
+        xts = self.x_target[all_cols].split(col_sizes)
+        has_labels = self.labels is not None and self.labels_target is not None
+        ys = self.labels[all_rows].split(row_sizes) if has_labels else [None] * len(rows)
+        yts = self.labels_target[all_cols].split(col_sizes) if has_labels else [None] * len(cols)
+        return [
+            OTDDCost(
+                x,
+                xt,
+                y,
+                yt,
+                self.label_matrix,
+                feature_weight=self.feature_weight,
+                label_weight=self.label_weight,
+                self_label_matrices=self.self_label_matrices,
+            )
+            for x, xt, y, yt in zip(xs, xts, ys, yts, strict=True)
+        ]
 
     def strata(self) -> tuple[torch.Tensor, torch.Tensor] | None:  # noqa: D102
         if self.labels is None or self.labels_target is None:

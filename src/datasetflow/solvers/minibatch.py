@@ -222,7 +222,7 @@ def minibatch_ot(
     source_labels = None if strata is None else strata[0]
     sources = disjoint_minibatches(a, batch_size, n_batches, generator, source_labels) if disjoint else None
     world = World() if world is None else world
-    pairs = []  # every pair is drawn here, in order, so that the generator's stream does not depend on the solves
+    drawn = []  # every pair is drawn here, in order, so that the generator's stream does not depend on the solves
     for k in range(n_batches):
         if sources is None:
             rows, wa = draw_minibatch(a, batch_size, generator, source_labels)
@@ -230,7 +230,9 @@ def minibatch_ot(
             rows, wa = sources[k]
         cols, wb = draw_minibatch(b, batch_size, generator, None if strata is None else strata[1])
         if k % world.size == world.rank:  # this rank solves pair k; the other ranks draw it (the same stream), no more
-            pairs.append((cost.subset(rows, cols), wa, wb))
+            drawn.append((rows, cols, wa, wb))
+    subs = cost.subsets([d[0] for d in drawn], [d[1] for d in drawn])  # one gather per side for all the pairs
+    pairs = [(sub, wa, wb) for sub, (_, _, wa, wb) in zip(subs, drawn, strict=True)]
     if reg is None:
         results = exact_ot_many(pairs, max_iter=max_iter or 1_000_000, grad=grad)
     else:

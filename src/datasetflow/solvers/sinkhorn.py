@@ -248,22 +248,41 @@ class _Anderson:
     averaged symmetric map).
 
     Keeps the last ``memory`` outputs and residuals (gauge-centred) and extrapolates with a
-    Tikhonov-regularised least-squares fit; the history is reset when the residual grows,
-    which makes it fall back to plain Sinkhorn.
+    Tikhonov-regularised least-squares fit; the history is reset when the residual grows.
+
+    **Safeguard.** Where the cost spread is hundreds of times ``reg`` and the plan must carry mass over
+    expensive entries (stratified minibatches with unequal class masses), the extrapolation can wander: measured
+    on a 6 x 6 OTDD minibatch at ``C/reg`` up to 280, the marginal error oscillated between 0.2 and 1.2 for 5,000
+    sweeps (a 1e-15 change of the cost decided between converging in 334 sweeps and not at all), while plain
+    Sinkhorn converged in 2,077. When the best error has not improved for ``patience`` sweeps, the accelerator
+    switches itself off for the rest of the solve and restarts plain Sinkhorn from the best iterate seen. (Where
+    the extrapolation works it has plateaus too: 47 sweeps at most on a translated mixture whose plain Sinkhorn
+    needs over 20,000, hence the default of 200.)
     """
 
-    def __init__(self, memory: int = 5) -> None:
-        self.memory = memory
+    def __init__(self, memory: int = 5, patience: int = 200) -> None:
+        self.memory, self.patience = memory, patience
         self.outputs: list[torch.Tensor] = []
         self.residuals: list[torch.Tensor] = []
         self.best = math.inf
+        self.best_input: torch.Tensor | None = None
+        self.since_best = 0
+        self.switched_off = False
 
     def step(self, g_in: torch.Tensor, g_out: torch.Tensor, error: float) -> torch.Tensor:
+        """The next iterate after ``g_in`` (marginal error ``error``) and its fixed-point image ``g_out``."""
         if self.memory == 0:
             return g_out
+        if error < self.best:
+            self.best, self.best_input, self.since_best = error, g_in, 0
+        else:
+            self.since_best += 1
+        if self.since_best >= self.patience:  # the extrapolation does not help here: plain Sinkhorn from the best
+            self.memory, self.switched_off = 0, True
+            self.outputs, self.residuals = [], []
+            return self.best_input
         if error > 10 * self.best:
             self.outputs, self.residuals = [], []
-        self.best = min(self.best, error)
         residual = g_out - g_in
         self.outputs = (self.outputs + [g_out])[-(self.memory + 1) :]
         self.residuals = (self.residuals + [residual - residual.mean()])[-(self.memory + 1) :]
@@ -470,8 +489,12 @@ def _entropic_ot(
             dense_cost=dense_cost,
             plan_block=None if use_dense else (lambda s, e, blk: kernel.plan_block(s, e, blk, fk, gk, eps)),
         )
-    converged = status == "converged"
     last = errors[-1] if errors else float("nan")
+    if status == "converged" and error > 10 * tol and error > 10 * last:
+        # the update-based error reached tol because the iteration hit a fixed point of the working precision
+        # (bitwise equal potentials, a gap of 0), but the plan's own marginal error is above tol: the floor
+        status, last = "stalled", error
+    converged = status == "converged"
     if status == "stalled":
         warnings.warn(
             f"Sinkhorn stalled at marginal error {last:.2g} > tol={tol:g} after {n_iter} sweeps: that is the "
