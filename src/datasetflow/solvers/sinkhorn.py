@@ -74,14 +74,28 @@ def _logsumexp(values: torch.Tensor, dim: int) -> torch.Tensor:
     return (values - top).clamp_min_(EXP_FLOOR).exp_().sum(dim).log_() + top.squeeze(dim)
 
 
-def _exp_plan(exponent: torch.Tensor) -> torch.Tensor:
-    """``exp`` of plan exponents (in place), clamped below at ``log(tiny)`` of their dtype.
+def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``exp`` of plan exponents (in place), cast to ``dtype`` (default: theirs), entries below ``tiny`` set to 0.
 
-    The plan entries that would be subnormal or 0 become the smallest normal number instead (their sum over
-    any plan is below ``n m tiny``, far below rounding); the clamp keeps ``exp`` on its fast path (see
-    :func:`_logsumexp`).
+    The exponents are clamped below at ``log(tiny)``, which keeps ``exp`` on its fast path (see
+    :func:`_logsumexp`), and the entries at or below ``2 tiny`` (the clamped ones, and those that would be subnormal
+    after the cast) are **0**: their sum over any plan is below ``n m tiny``, far below rounding, and subnormal operands slow the
+    plan's products down. Measured: at ``reg = 0.2`` on the 10 x 200 x 784 OTDD benchmark the plan is nearly a
+    permutation, ``exp(log(tiny))`` rounded below ``tiny``, and each ``P @ y`` of the envelope gradient took
+    4.6 s instead of about 30 ms.
     """
-    return exponent.clamp_min_(math.log(torch.finfo(exponent.dtype).tiny)).exp_()
+    tiny = torch.finfo(exponent.dtype).tiny
+    plan = exponent.clamp_min_(math.log(tiny)).exp_()
+    plan = plan.masked_fill_(plan <= 2.0 * tiny, 0.0)  # the clamped entries (exp(log(tiny)) rounds either way)
+    if dtype is None or dtype == plan.dtype:
+        return plan
+    plan = plan.to(dtype)
+    return plan.masked_fill_(plan.abs() < torch.finfo(dtype).tiny, 0.0)
+
+
+def _flush_subnormals(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with its subnormal entries set to 0, in place (see :func:`_exp_plan`)."""
+    return values.masked_fill_(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
 
 
 class _Kernel:
@@ -133,7 +147,7 @@ class _Kernel:
     def plan_block(self, start: int, stop: int, block: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float):
         """Rows ``start:stop`` of ``P = a_i b_j exp((f_i + g_j - C_ij)/eps)`` from a raw cost block."""
         exponent = (f[start:stop, None] + g[None, :] - block.to(self.dtype)) / eps
-        return _exp_plan(exponent + self.log_a[start:stop, None] + self.log_b).to(block.dtype)
+        return _exp_plan(exponent + self.log_a[start:stop, None] + self.log_b, block.dtype)
 
     def plan_stats(self, f, g, eps) -> tuple[torch.Tensor | None, torch.Tensor, float]:
         """The dense plan (or None), ``<P, C>`` and the L1 marginal error of ``P``."""
@@ -469,7 +483,7 @@ def _entropic_ot(
         dual = dual64.to(cost.dtype)
     with torch.no_grad():
         plan, linear, error = kernel.plan_stats(f.detach(), g.detach(), eps)
-        plan = None if plan is None else plan.to(cost.dtype)
+        plan = None if plan is None else _flush_subnormals(plan.to(cost.dtype))
     f, g = f.to(cost.dtype), g.to(cost.dtype)
     if autodiff:
         value = dual
