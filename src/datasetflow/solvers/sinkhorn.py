@@ -78,10 +78,11 @@ def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch
     """``exp`` of plan exponents (in place), cast to ``dtype`` (default: theirs), entries below ``tiny`` set to 0.
 
     The exponents are clamped below at ``log(tiny)``, which keeps ``exp`` on its fast path (see
-    :func:`_logsumexp`), and the entries at or below ``2 tiny`` (the clamped ones, and those that would be subnormal
-    after the cast) are **0**: their sum over any plan is below ``n m tiny``, far below rounding, and subnormal operands slow the
-    plan's products down. Measured: at ``reg = 0.2`` on the 10 x 200 x 784 OTDD benchmark the plan is nearly a
-    permutation, ``exp(log(tiny))`` rounded below ``tiny``, and each ``P @ y`` of the envelope gradient took
+    :func:`_logsumexp`), and the entries at or below ``2 tiny`` (the clamped ones, and those that would be
+    subnormal after the cast) are **0**: their sum over any plan is below ``2 n m tiny``, far below rounding, and
+    subnormal operands slow the plan's products down. Measured: at ``reg = 0.2`` on the 10 x 200 x 784 OTDD
+    benchmark the plan is nearly a permutation, ``exp(log(tiny))`` rounded below ``tiny``, and each ``P @ y`` of
+    the envelope gradient took
     4.6 s instead of about 30 ms.
     """
     tiny = torch.finfo(exponent.dtype).tiny
