@@ -74,6 +74,11 @@ def _logsumexp(values: torch.Tensor, dim: int) -> torch.Tensor:
     return (values - top).clamp_min_(EXP_FLOOR).exp_().sum(dim).log_() + top.squeeze(dim)
 
 
+def _flush_subnormals(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with its subnormal entries set to 0, in place (see :func:`_exp_plan`)."""
+    return values.masked_fill_(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
+
+
 def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``exp`` of plan exponents (in place), cast to ``dtype`` (default: theirs), entries below ``tiny`` set to 0.
 
@@ -89,13 +94,7 @@ def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch
     plan = plan.masked_fill_(plan <= 2.0 * tiny, 0.0)  # the clamped entries (exp(log(tiny)) rounds either way)
     if dtype is None or dtype == plan.dtype:
         return plan
-    plan = plan.to(dtype)
-    return plan.masked_fill_(plan.abs() < torch.finfo(dtype).tiny, 0.0)
-
-
-def _flush_subnormals(values: torch.Tensor) -> torch.Tensor:
-    """``values`` with its subnormal entries set to 0, in place (see :func:`_exp_plan`)."""
-    return values.masked_fill_(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
+    return _flush_subnormals(plan.to(dtype))
 
 
 class _Kernel:
