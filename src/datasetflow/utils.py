@@ -182,3 +182,15 @@ def check_memory(needed: int, what: str, hint: str) -> None:
             f"{what} would need about {needed / 2**30:.1f} GiB of memory but only {available / 2**30:.1f} GiB is "
             f"available; {hint}"
         )
+
+
+def flush_subnormals_(tensor: torch.Tensor) -> torch.Tensor:
+    """Set the subnormal entries (``0 < |t| < finfo(dtype).tiny``) of a floating tensor to 0, in place; returns it.
+
+    CPU arithmetic on subnormal operands is many times slower than on normal ones, and their values are below any
+    precision the library resolves (the flow integrator and the Sinkhorn plans use this; see their docs).
+    """
+    if tensor.is_floating_point():
+        with torch.no_grad():
+            tensor.masked_fill_(tensor.abs() < torch.finfo(tensor.dtype).tiny, 0.0)
+    return tensor

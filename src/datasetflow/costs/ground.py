@@ -240,17 +240,7 @@ class OTDDCost(CostOperator):
         return torch.cat(left, 1), torch.cat(right, 1)
 
     def subset(self, rows: torch.Tensor, cols: torch.Tensor) -> OTDDCost:  # noqa: D102
-        has_labels = self.labels is not None and self.labels_target is not None
-        return OTDDCost(
-            self.x[rows],
-            self.x_target[cols],
-            self.labels[rows] if has_labels else None,
-            self.labels_target[cols] if has_labels else None,
-            self.label_matrix,
-            feature_weight=self.feature_weight,
-            label_weight=self.label_weight,
-            self_label_matrices=self.self_label_matrices,
-        )
+        return self.subsets([rows], [cols])[0]
 
     def subsets(self, rows: Sequence[torch.Tensor], cols: Sequence[torch.Tensor]) -> list[OTDDCost]:
         """The pairs' sub-costs from **one** gather of the features on each side, split into views.

@@ -9,10 +9,11 @@ momentum or Adam) then takes the step, and an entropy term adds the Euler-Maruya
 :math:`\sqrt{2\tau\sigma}\,\xi`.
 
 After every step, particle coordinates that became *subnormal* (:math:`0 < |z| <` ``finfo.tiny``, about
-:math:`10^{-38}` in float32) are set to 0 (:func:`flush_subnormals_`). They arise where a coordinate decays
-geometrically towards a zero of the target (image backgrounds), and CPU arithmetic on them is slow: measured on
-the paper-size re-purposing flow after 300 steps (16 % of the coordinates subnormal), a 250 x 784 minibatch GEMM
-took 21x longer than on the flushed features. The change is below the resolution of any value the flow computes.
+:math:`10^{-38}` in float32) are set to 0 (:func:`~datasetflow.utils.flush_subnormals_`). They arise where a
+coordinate decays geometrically towards a zero of the target (image backgrounds), and CPU arithmetic on them is
+slow: measured on the paper-size re-purposing flow after 300 steps (16 % of the coordinates subnormal), a
+250 x 784 minibatch GEMM took 21x longer than on the flushed features. The change is below the resolution of any
+value the flow computes.
 
 The integrator only evaluates, rescales, steps and notifies. Everything else is a callback
 (:mod:`~datasetflow.flows.callbacks`): recording trajectories, checkpoints and exact resume,
@@ -34,24 +35,14 @@ from ..distributed.comm import all_gather_object, all_reduce_max, all_reduce_sum
 from ..errors import DivergenceError, InvalidArgumentError
 from ..functionals.base import Functional
 from ..utils import deterministic as deterministic_algorithms
+from ..utils import flush_subnormals_
 from .callbacks import Checkpointer, DivergenceGuard, FlowCallback, Recorder, ToleranceStop, as_callback
 from .dynamics import Dynamics, get_dynamics
 from .optimizers import make_optimizer, make_schedule
 from .result import FlowResult
 from .state import FlowState
 
-__all__ = ["run_flow", "Flow", "FlowDivergedError", "flush_subnormals_"]
-
-
-def flush_subnormals_(tensor: torch.Tensor) -> torch.Tensor:
-    """Set the subnormal entries (``0 < |t| < finfo(dtype).tiny``) of a floating tensor to 0, in place.
-
-    Used on the particles after every flow step (see the module docstring); returns ``tensor``.
-    """
-    if tensor.is_floating_point():
-        with torch.no_grad():
-            tensor.masked_fill_(tensor.abs() < torch.finfo(tensor.dtype).tiny, 0.0)
-    return tensor
+__all__ = ["run_flow", "Flow", "FlowDivergedError"]
 
 
 class FlowDivergedError(DivergenceError):

@@ -35,6 +35,7 @@ import torch
 
 from ..costs.ground import CostOperator
 from ..errors import ConvergenceWarning, InvalidArgumentError, RegularizationError
+from ..utils import flush_subnormals_
 from .envelope import attach_envelope
 from .result import OTResult
 
@@ -74,11 +75,6 @@ def _logsumexp(values: torch.Tensor, dim: int) -> torch.Tensor:
     return (values - top).clamp_min_(EXP_FLOOR).exp_().sum(dim).log_() + top.squeeze(dim)
 
 
-def _flush_subnormals(values: torch.Tensor) -> torch.Tensor:
-    """``values`` with its subnormal entries set to 0, in place (see :func:`_exp_plan`)."""
-    return values.masked_fill_(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
-
-
 def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``exp`` of plan exponents (in place), cast to ``dtype`` (default: theirs), entries below ``tiny`` set to 0.
 
@@ -94,7 +90,7 @@ def _exp_plan(exponent: torch.Tensor, dtype: torch.dtype | None = None) -> torch
     plan = plan.masked_fill_(plan <= 2.0 * tiny, 0.0)  # the clamped entries (exp(log(tiny)) rounds either way)
     if dtype is None or dtype == plan.dtype:
         return plan
-    return _flush_subnormals(plan.to(dtype))
+    return flush_subnormals_(plan.to(dtype))
 
 
 class _Kernel:
@@ -280,7 +276,6 @@ class _Anderson:
         self.best = math.inf
         self.best_input: torch.Tensor | None = None
         self.since_best = 0
-        self.switched_off = False
 
     def step(self, g_in: torch.Tensor, g_out: torch.Tensor, error: float) -> torch.Tensor:
         """The next iterate after ``g_in`` (marginal error ``error``) and its fixed-point image ``g_out``."""
@@ -291,7 +286,7 @@ class _Anderson:
         else:
             self.since_best += 1
         if self.since_best >= self.patience:  # the extrapolation does not help here: plain Sinkhorn from the best
-            self.memory, self.switched_off = 0, True
+            self.memory = 0
             self.outputs, self.residuals = [], []
             return self.best_input
         if error > 10 * self.best:
@@ -482,7 +477,7 @@ def _entropic_ot(
         dual = dual64.to(cost.dtype)
     with torch.no_grad():
         plan, linear, error = kernel.plan_stats(f.detach(), g.detach(), eps)
-        plan = None if plan is None else _flush_subnormals(plan.to(cost.dtype))
+        plan = None if plan is None else flush_subnormals_(plan.to(cost.dtype))
     f, g = f.to(cost.dtype), g.to(cost.dtype)
     if autodiff:
         value = dual
