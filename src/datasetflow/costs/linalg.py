@@ -120,7 +120,7 @@ class _NuclearNorm(torch.autograd.Function):
 
 
 def _negligible_to_zero(weights: torch.Tensor) -> torch.Tensor:
-    r"""``weights`` with the entries below :math:`arepsilon^2 \max|w|` (``eps`` of their dtype) set to 0.
+    r"""``weights`` with the entries below :math:`\varepsilon^2 \max|w|` (``eps`` of their dtype) set to 0.
 
     The upstream gradient of a batch of class-pair terms is the plan's mass on each class pair; at small ``reg``
     most of it is below ``1e-38``, and its products with the ``O(1)`` polar factors and features are subnormal,
