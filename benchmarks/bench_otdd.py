@@ -461,9 +461,12 @@ is one {n} x {n} x 784 pairwise squared-distance matrix with its backward pass, 
 the stricter floor computes the same matrix with one GEMM (`|x|^2 + |y|^2 - 2 x y^T`), as our cost
 does. "OTDD^2" is `distance_squared`; the Sinkhorn regularisation is the default, {reg:.4g} (5 % of
 the mean ground cost), with tolerance 1e-5 on the L1 marginal error. Target of issue 14 item 5: the
-defaults (value + gradient) at most 6x the floor. The Gaussian label cost forms every class-pair product
-with one GEMM per source class and its 190 float64 eigenproblems (with eigenvectors where a gradient is
-needed) are split over the intra-op threads, each chunk one single-threaded LAPACK call.
+defaults (value + gradient) at most 6x the floor. The Gaussian label cost forms the 100 source-target
+class-pair products with one GEMM (the 45 + 45 same-side pairs with one per class and run of classes); its 190
+float64 Gram eigenproblems (with eigenvectors where a gradient is needed, 145 of them) are split over the
+intra-op threads, each chunk one single-threaded LAPACK call that also forms the Gram and the polar factor
+(in the features' dtype). At this `reg` the cost's spread is about 12 `reg`, so every Sinkhorn problem sweeps in
+kernel form: two matrix-vector products with a fixed float32 Gibbs kernel and float64 potentials.
 
 """
     body = f"""
@@ -496,7 +499,9 @@ The reference implementation's setting (its epsilon 0.1 on half our cost) on the
 1e-5, until the marginal error stalls at the float32 precision floor, or (default `value_tol="auto"` for
 annealed solves) until the dual value is estimated within a relative 1e-4 of its limit from its rise and the
 error's rate of fall over the last 5 sweeps. The last two stop with `converged=False`, `stop` naming which,
-and a `ConvergenceWarning`. The log-sum-exps clamp their shifted exponents at -80 (fast `exp`). The reference
+and a `ConvergenceWarning`. The cost spans about 2 x 10^4 `reg`, so the sweeps are log-domain ones (above
+`KERNEL_MAX_SPREAD`), their exponents formed in reused work buffers, and the log-sum-exps clamp the shifted
+exponents at -80 (fast `exp`). The reference
 is the same problem in float64 with `value_tol=None`, converged to tol 1e-5 (max_iter 5000); the gradient
 deviation compares the two gradients with respect to the source features. Target of issue 14: at most 10x
 the floor, value within 0.1 % of the reference.

@@ -113,7 +113,9 @@ def _small_reg_problem(gen, dtype):
     return cost.to(dtype)
 
 
-def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen):
+def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen, monkeypatch):
+    """Log-domain sweeps (the kernel form is off here; at small reg it is off by default) on float32 potentials."""
+    monkeypatch.setattr(sinkhorn_module, "KERNEL_MAX_SPREAD", 0.0)
     cost = _small_reg_problem(gen, torch.float32)
     with pytest.warns(ConvergenceWarning, match=r"precision floor.*float64"):
         result = solve(cost, reg=0.2, max_iter=5000, value_tol=None)
@@ -125,6 +127,21 @@ def test_small_reg_float32_stalls_at_the_precision_floor_with_a_warning(gen):
         reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None)
     assert reference.converged
     assert float(result.value) == pytest.approx(float(reference.value), rel=1e-5)
+
+
+def test_kernel_form_float32_converges_below_the_log_domain_floor(gen):
+    """The same float32 problem in kernel form (cost spread ~30 reg): float64 potentials and a fixed float32 kernel
+    converge to tol, and the returned plan's marginal error (measured in float64) is below tol."""
+    cost = _small_reg_problem(gen, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result = solve(cost, reg=0.2, max_iter=5000, value_tol=None)
+        reference = solve(cost.double(), reg=0.2, max_iter=5000, value_tol=None)
+    assert result.converged and result.config["kernel_form"]
+    plan = result.plan.double()
+    error = float((plan.sum(1) - 1 / 60).abs().sum() + (plan.sum(0) - 1 / 50).abs().sum())
+    assert error < 1e-5 and result.marginal_error < 1e-5
+    assert float(result.value) == pytest.approx(float(reference.value), rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -38,6 +38,45 @@ def sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x_sq + y_sq.mT - 2.0 * (x @ y.mT)).clamp_min(0)
 
 
+class _SquaredDistances(torch.autograd.Function):
+    r""":func:`sqeuclidean` of ``(n, d)`` and ``(m, d)`` points with a backward of one GEMM per differentiable side,
+    and one in all when both sides are the same points (``same``).
+
+    With :math:`G = \partial L / \partial C`, :math:`\partial L/\partial x_i = 2 (\sum_j G_{ij}) x_i - 2 (G y)_i`,
+    :math:`\partial L/\partial y_j = 2 (\sum_i G_{ij}) y_j - 2 (G^\top x)_j`, and for ``same`` the two summed:
+    :math:`2\,\mathrm{rowsum}(G + G^\top) \odot x - 2 (G + G^\top) x`. The clamp at 0 (which only removes the
+    rounding of the expansion near coincident points) passes the gradient straight through: it is the gradient of
+    :math:`\|x_i - y_j\|^2`, which vanishes with the distance, where the clamp's own would be a mask pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, same: bool):  # type: ignore[override]
+        x_sq = (x * x).sum(-1, keepdim=True)
+        y_sq = x_sq if same else (y * y).sum(-1, keepdim=True)
+        ctx.save_for_backward(x, y)
+        ctx.same = same
+        # one (n, m) allocation: fresh pages cost more than the in-place passes on them
+        return (x_sq + y_sq.mT).addmm_(x, y.mT, alpha=-2.0).clamp_min_(0)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad[:2]
+        if ctx.same:
+            both = grad + grad.mT
+            return (2.0 * (both.sum(1, keepdim=True) * x - both @ x) if need_x or need_y else None), None, None
+        grad_x = 2.0 * (grad.sum(1, keepdim=True) * x - grad @ y) if need_x else None
+        grad_y = 2.0 * (grad.sum(0).unsqueeze(1) * y - grad.mT @ x) if need_y else None
+        return grad_x, grad_y, None
+
+
+def pairwise_sqeuclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    r"""``(n, m)`` squared distances of 2-D point sets as :func:`sqeuclidean`, for costs that are only ever
+    differentiated once: the backward is one GEMM per differentiable side (one when ``y`` is None, the self-cost of
+    ``x``) and passes the gradient straight through the clamp at 0 (:class:`_SquaredDistances`)."""
+    return _SquaredDistances.apply(x, x if y is None else y, y is None)
+
+
 def covariance_factors(
     factors: torch.Tensor | None = None,
     covariances: torch.Tensor | None = None,
@@ -99,12 +138,20 @@ def _runs(values: list[int]) -> list[tuple[int, int]]:
 
 
 def _pair_products(factors1, factors2, pairs: list[tuple[int, int]], r1: int, r2: int) -> torch.Tensor:
-    r"""The products :math:`K = F_i F_j^\top` ``(P, r1, r2)`` of the class pairs ``pairs`` (cut to ``r1``, ``r2`` rows).
+    r"""The transposed products :math:`K^\top = F_j F_i^\top` ``(P, r2, r1)`` of the class pairs ``pairs`` (cut to
+    ``r1``, ``r2`` rows); :math:`\|K^\top\|_* = \|K\|_*`.
 
-    One GEMM per source class and run of consecutive target classes, ``(r1, d) @ (d, k r2)``: no gathered copy of
-    the factors (whose backward would be a scatter-add), and the same products when the two families are one.
+    All pairs: one GEMM. Otherwise one GEMM per source class and run of consecutive target classes,
+    ``(k r2, d) @ (d, r1)``: no gathered copy of
+    the factors (whose backward would be a scatter-add), the same products when the two families are one, and
+    each block already contiguous (the transposed ``K`` blocks cost a strided copy of the whole batch).
     """
     second = factors2[:, :r2]
+    num1, num2 = factors1.shape[0], factors2.shape[0]
+    if len(pairs) == num1 * num2 and pairs == [(i, j) for i in range(num1) for j in range(num2)]:
+        # every pair, in order: one (C2 r2, d) @ (d, C1 r1) GEMM (faster than C1 thinner ones, forward and backward)
+        product = second.reshape(num2 * r2, -1) @ factors1[:, :r1].reshape(num1 * r1, -1).mT
+        return product.view(num2, r2, num1, r1).permute(2, 0, 1, 3).reshape(num1 * num2, r2, r1)
     by_row: dict[int, list[int]] = {}
     for i, j in pairs:
         by_row.setdefault(i, []).append(j)
@@ -112,8 +159,8 @@ def _pair_products(factors1, factors2, pairs: list[tuple[int, int]], r1: int, r2
     for i, cols in by_row.items():
         for lo, hi in _runs(sorted(cols)):
             right = second[lo:hi].reshape((hi - lo) * r2, -1)
-            product = factors1[i, :r1] @ right.mT  # (r1, (hi - lo) r2)
-            blocks.append(product.view(r1, hi - lo, r2).transpose(0, 1))
+            product = right @ factors1[i, :r1].mT  # ((hi - lo) r2, r1)
+            blocks.append(product.view(hi - lo, r2, r1))
             order.extend((i, j) for j in range(lo, hi))
     stacked = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
     position = {pair: k for k, pair in enumerate(order)}

@@ -47,30 +47,38 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[key]
 
 
-def batched_eigen(solver: Callable, matrices: torch.Tensor):
-    """``solver(matrices)`` (``torch.linalg.eigh`` or ``eigvalsh`` of ``(..., n, n)``), the batch split over threads.
+def batched_map(fn: Callable, matrices: torch.Tensor):
+    """``fn(matrices)`` for an ``fn`` that treats each matrix of a ``(B, n, m)`` batch alone, split over threads.
 
     LAPACK's symmetric eigensolvers run single-threaded (:func:`~datasetflow.utils.lapack_threads`: their
     per-step thread synchronisation is slow on a busy machine). On the CPU with ``torch.get_num_threads() > 1``
-    a large batch is cut into that many contiguous chunks solved concurrently, each by one single-threaded
-    LAPACK call (torch releases the GIL). A batched solver handles each matrix independently, so the result
-    is bit-identical to one call, and deterministic. Other devices, small batches and one thread: one call.
+    a large batch is cut into that many contiguous chunks processed concurrently, each on one intra-op thread
+    (torch releases the GIL), and ``fn``'s outputs (a tensor or a tuple of tensors, batched along dim 0) are
+    concatenated. Each matrix is handled independently, so the result is bit-identical to one call, and
+    deterministic. Other devices, small batches and one thread: one call.
     """
     threads = torch.get_num_threads()
-    batch = matrices.shape[:-2].numel()
-    workers = min(threads, batch // _MIN_MATRICES_PER_WORKER)
-    if matrices.device.type != "cpu" or matrices.ndim < 3 or workers < 2:
+    workers = min(threads, matrices.shape[0] // _MIN_MATRICES_PER_WORKER)
+    if matrices.device.type != "cpu" or workers < 2:
+        with lapack_threads(matrices):
+            return fn(matrices)
+    with lapack_threads(matrices):
+        parts = list(_pool(workers).map(fn, matrices.chunk(workers)))
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+
+def batched_eigen(solver: Callable, matrices: torch.Tensor):
+    """``solver(matrices)`` (``torch.linalg.eigh`` or ``eigvalsh`` of ``(..., n, n)``) by :func:`batched_map`."""
+    if matrices.ndim < 3:
         with lapack_threads(matrices):
             return solver(matrices)
-    flat = matrices.reshape(-1, *matrices.shape[-2:])
-    with lapack_threads(matrices):
-        parts = list(_pool(workers).map(solver, flat.chunk(workers)))
     shape = matrices.shape[:-2]
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts).reshape(*shape, -1)
-    values = torch.cat([p[0] for p in parts]).reshape(*shape, -1)
-    vectors = torch.cat([p[1] for p in parts]).reshape(matrices.shape)
-    return values, vectors
+    out = batched_map(solver, matrices.reshape(-1, *matrices.shape[-2:]))
+    if isinstance(out, torch.Tensor):
+        return out.reshape(*shape, -1)
+    return out[0].reshape(*shape, -1), out[1].reshape(matrices.shape)
 
 
 class _PsdSqrt(torch.autograd.Function):
@@ -94,24 +102,52 @@ class _PsdSqrt(torch.autograd.Function):
         return (eigenvectors @ (inner * inv) @ eigenvectors.mT).to(grad_output.dtype)
 
 
+def _gram64(k64: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix ``K K^T`` or ``K^T K`` of float64 ``(B, r1, r2)`` matrices."""
+    return k64 @ k64.mT if k64.shape[-2] <= k64.shape[-1] else k64.mT @ k64
+
+
+def _nuclear_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Nuclear norms ``(B,)`` of ``(B, r1, r2)`` matrices from their float64 Gram eigenvalues (no vectors)."""
+    eigenvalues = torch.linalg.eigvalsh(_gram64(matrix.to(torch.float64)))
+    positive = eigenvalues > eigenvalue_floor(eigenvalues)
+    return torch.where(positive, eigenvalues, 0.0).sqrt().sum(dim=-1)
+
+
+def _nuclear_and_polar(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Nuclear norms ``(B,)`` (float64) and polar factors :math:`U V^\top` ``(B, r1, r2)`` (``matrix``'s dtype).
+
+    With :math:`K = U S W^\top` and :math:`K K^\top = U \Lambda U^\top` (float64), the polar factor is
+    :math:`U W^\top` with :math:`W^\top = \Lambda^{+1/2} U^\top K`. The coefficients :math:`W^\top` are formed in
+    float64 (in ``matrix``'s float32 the rows of small singular values lose their digits: on two full-size MNIST
+    classes, d x d path, the gradient came out 5e-3 from float64's), and the product of the two orthonormal
+    factors, whose entries are all O(1), in ``matrix``'s dtype.
+    """
+    rows, cols = matrix.shape[-2:]
+    k64 = matrix.to(torch.float64)
+    eigenvalues, eigenvectors = torch.linalg.eigh(_gram64(k64))
+    positive = eigenvalues > eigenvalue_floor(eigenvalues)
+    roots = torch.where(positive, eigenvalues, 0.0).sqrt()
+    inv_roots = torch.where(positive, 1.0 / roots.clamp_min(torch.finfo(roots.dtype).tiny), 0.0)
+    basis = eigenvectors.to(matrix.dtype)
+    if rows <= cols:  # U (Lambda^{+1/2} U^T K)
+        coefficients = (eigenvectors.mT @ k64).mul_(inv_roots[..., :, None]).to(matrix.dtype)
+        polar = basis @ coefficients
+    else:  # (K V Lambda^{+1/2}) V^T, with K^T K = V Lambda V^T
+        coefficients = (k64 @ eigenvectors).mul_(inv_roots[..., None, :]).to(matrix.dtype)
+        polar = coefficients @ basis.mT
+    return roots.sum(dim=-1), polar
+
+
 class _NuclearNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor) -> torch.Tensor:
-        rows, cols = matrix.shape[-2:]
-        k64 = matrix.to(torch.float64)
-        gram = k64 @ k64.mT if rows <= cols else k64.mT @ k64
+        flat = matrix.reshape(-1, *matrix.shape[-2:])
         if not ctx.needs_input_grad[0]:  # eigenvalues only: about twice as fast
-            eigenvalues = batched_eigen(torch.linalg.eigvalsh, gram)
-            positive = eigenvalues > eigenvalue_floor(eigenvalues)
-            return torch.where(positive, eigenvalues, 0.0).sqrt().sum(dim=-1).to(matrix.dtype)
-        eigenvalues, eigenvectors = batched_eigen(torch.linalg.eigh, gram)
-        positive = eigenvalues > eigenvalue_floor(eigenvalues)
-        roots = torch.where(positive, eigenvalues, 0.0).sqrt()
-        inv_roots = torch.where(positive, 1.0 / roots.clamp_min(torch.finfo(roots.dtype).tiny), 0.0)
-        inv_sqrt = (eigenvectors * inv_roots.unsqueeze(-2)) @ eigenvectors.mT  # (gram)^{+1/2}
-        polar = inv_sqrt @ k64 if rows <= cols else k64 @ inv_sqrt  # U V^T, the gradient
-        ctx.save_for_backward(polar.to(matrix.dtype))
-        return roots.sum(dim=-1).to(matrix.dtype)
+            return batched_map(_nuclear_values, flat).reshape(matrix.shape[:-2]).to(matrix.dtype)
+        values, polar = batched_map(_nuclear_and_polar, flat)
+        ctx.save_for_backward(polar.reshape(matrix.shape))
+        return values.reshape(matrix.shape[:-2]).to(matrix.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,20 @@ class _EnvelopeChunked(torch.autograd.Function):
         return (None, None, None, grad_a, grad_b, None, None, *grads)
 
 
+class _EnvelopeDense(torch.autograd.Function):
+    """``value`` with the gradient ``plan`` for a dense cost matrix (no ``n x m`` pass in the forward)."""
+
+    @staticmethod
+    def forward(ctx, value, dense_cost, plan):  # type: ignore[override]
+        ctx.save_for_backward(plan)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (plan,) = ctx.saved_tensors
+        return None, plan * grad_output, None
+
+
 def attach_envelope(
     value: torch.Tensor,
     cost: CostOperator,
@@ -78,7 +92,7 @@ def attach_envelope(
     """
     value = value.detach()
     if plan is not None and dense_cost is not None:
-        out = value + (plan.detach() * (dense_cost - dense_cost.detach())).sum()
+        out = _EnvelopeDense.apply(value, dense_cost, plan.detach()) if dense_cost.requires_grad else value
         if a.requires_grad:
             out = out + (f.detach() * (a - a.detach())).sum()
         if b.requires_grad:

@@ -100,11 +100,11 @@ class _RowShardedKernel(_Kernel):
     def sweep(self, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         shifted_b = g / eps + self.log_b
         f_parts, col_lse = [], None
-        for start, stop, scaled in self._blocks(eps):
-            f_block = -eps * torch.logsumexp(shifted_b - scaled, dim=1)
+        for start, stop, block in self._blocks():
+            f_block = -eps * self._soft_lse(shifted_b, block, eps, dim=1)
             f_parts.append(f_block)
             shifted_a = f_block / eps + self.log_a[start:stop]
-            part = torch.logsumexp(shifted_a[:, None] - scaled, dim=0)
+            part = self._soft_lse(shifted_a[:, None], block, eps, dim=0)
             col_lse = part if col_lse is None else torch.logaddexp(col_lse, part)
         return torch.cat(f_parts), -eps * global_logsumexp(col_lse, self.world)
 
@@ -114,9 +114,9 @@ class _RowShardedKernel(_Kernel):
         linear = torch.zeros((), dtype=self.dtype, device=f.device)
         rows, cols = [], torch.zeros_like(shifted_b)
         plan = None if self.dense is None else torch.empty_like(self.dense)
-        for start, stop, scaled in self._blocks(eps):
-            block = torch.exp(shifted_a[start:stop, None] + shifted_b - scaled)
-            linear = linear + eps * torch.dot(block.flatten(), scaled.flatten())
+        for start, stop, raw in self._blocks():
+            block = torch.exp(torch.sub(shifted_a[start:stop, None] + shifted_b, raw, alpha=1.0 / eps))
+            linear = linear + torch.dot(block.flatten(), raw.flatten())
             rows.append(block.sum(1))
             cols = cols + block.sum(0)
             if plan is not None:
@@ -139,7 +139,7 @@ class _SelfRowsKernel(_RowShardedKernel):
 
     def symmetric(self, f: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: D102
         shifted = f / eps + self.log_b
-        local = torch.cat([-eps * torch.logsumexp(shifted - scaled, dim=1) for _, _, scaled in self._blocks(eps)])
+        local = torch.cat([-eps * self._soft_lse(shifted, block, eps, dim=1) for _, _, block in self._blocks()])
         return gather_rows(local[:, None], self.world)[0][:, 0]
 
 
