@@ -69,10 +69,10 @@ def _logsumexp(values: torch.Tensor, dim: int) -> torch.Tensor:
     ``n < 10^{18}``. Rows that are entirely ``-inf`` are not supported (Sinkhorn never forms them:
     the weights sum to 1).
     """
-    top = values.amax(dim=dim, keepdim=True).detach()
     if torch.is_grad_enabled() and values.requires_grad:  # autodiff through the iterations: out of place
+        top = values.amax(dim=dim, keepdim=True).detach()
         return (values - top).clamp_min(EXP_FLOOR).exp().sum(dim).log() + top.squeeze(dim)
-    return (values - top).clamp_min_(EXP_FLOOR).exp_().sum(dim).log_() + top.squeeze(dim)
+    return _logsumexp_(values.clone(), dim)
 
 
 def _logsumexp_(values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -187,9 +187,11 @@ class _Kernel:
             self.recentred += 1
         return gibbs[1], gibbs[2], gibbs[3]
 
-    def _apply(self, kernel: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        """``kernel @ vector`` in the kernel's dtype, returned in the potentials' dtype."""
-        return (kernel @ vector.to(kernel.dtype)).to(self.vector_dtype)
+    def _soft_min(self, kernel, centre_out, centre_in, potential, log_weights, eps) -> torch.Tensor:
+        r"""One soft-min update in kernel form, :math:`\varepsilon\,(c_{out} - \log K (w\, e^{g/\varepsilon - c_{in}}))`
+        (centres in units of ``eps``), the product in the kernel's dtype and the rest in the potentials' dtype."""
+        scalings = (log_weights + potential / eps - centre_in).exp().to(kernel.dtype)
+        return eps * (centre_out - (kernel @ scalings).to(self.vector_dtype).log())
 
     def _kernel_sweep(self, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         r""":meth:`sweep` in kernel form: two matrix-vector products with the kernel of :meth:`_kernel_around`.
@@ -205,8 +207,8 @@ class _Kernel:
         if around is None:
             return None
         alpha, beta, kernel = around
-        f = eps * (alpha - self._apply(kernel, (self.log_b + g / eps - beta).exp()).log())
-        g_new = eps * (beta - self._apply(kernel.mT, (self.log_a + f / eps - alpha).exp()).log())
+        f = self._soft_min(kernel, alpha, beta, g, self.log_b, eps)
+        g_new = self._soft_min(kernel.mT, beta, alpha, f, self.log_a, eps)
         if bool(torch.isfinite(f).all()) and bool(torch.isfinite(g_new).all()):
             return f, g_new
         self._gibbs = None
@@ -234,7 +236,7 @@ class _Kernel:
         around = self._kernel_around(f, eps) if self.kernel_form else None
         if around is not None:
             alpha, beta, kernel = around
-            out = eps * (alpha - self._apply(kernel, (self.log_a + f / eps - beta).exp()).log())
+            out = self._soft_min(kernel, alpha, beta, f, self.log_a, eps)
             if bool(torch.isfinite(out).all()):
                 return out
             self._gibbs = None
