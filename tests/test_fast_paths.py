@@ -138,3 +138,94 @@ def test_float32_polar_factor_matches_float64(gen):
     torch.testing.assert_close(value32, value64, rtol=1e-6, atol=0)
     assert float((polar32.double() - polar64).norm() / polar64.norm()) < 1e-5
     torch.testing.assert_close(nuclear_norm(products[0]), value64[0])
+
+
+def _shuffled_classes(gen, sizes, dim, dtype=torch.float64, shift=0.0):
+    """Classes of the given sizes in a random point order, with random positive weights."""
+    from datasetflow import LabeledDataset
+
+    labels = torch.cat([torch.full((size,), k) for k, size in enumerate(sizes)])
+    order = torch.randperm(len(labels), generator=gen)
+    means = 2.0 * torch.randn(len(sizes), dim, generator=gen, dtype=dtype)
+    x = means[labels] + torch.randn(len(labels), dim, generator=gen, dtype=dtype) + shift
+    weights = torch.rand(len(labels), generator=gen, dtype=dtype) + 0.5
+    return LabeledDataset(x[order], labels[order].tolist(), weights=(weights / weights.sum())[order])
+
+
+@pytest.mark.parametrize("self_cost", [False, True])
+def test_shared_gram_ground_cost_equals_pairwise_and_otdd_cost(gen, self_cost):
+    """The Gaussian label cost's shared-Gram path gives the label matrix of ``pairwise`` and the cost matrix of
+    ``OTDDCost.dense()`` (unequal classes in a shuffled order, unequal weights, both cost weights)."""
+    from datasetflow.labels.costs import GaussianLabelCost
+
+    source = _shuffled_classes(gen, [7, 9, 8], dim=12, shift=30.0)
+    target = source if self_cost else _shuffled_classes(gen, [8, 6, 7, 8], dim=12, shift=31.0)
+    cost = GaussianLabelCost()
+    shared = cost.dense_ground_cost(source, target, feature_weight=0.7, label_weight=1.3)
+    assert shared is not None
+    labels = cost.pairwise(source) if self_cost else cost.pairwise(source, target)
+    dense = OTDDCost(source.x, target.x, source.y, target.y, labels, feature_weight=0.7, label_weight=1.3).dense()
+    torch.testing.assert_close(shared[0], labels, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(shared[1], dense, rtol=1e-12, atol=1e-9)
+
+
+def test_shared_gram_ground_cost_gradcheck(gen):
+    """gradcheck of the shared-Gram cost (through the class means, the factors and the Bures trace terms)."""
+    from datasetflow.labels.costs import GaussianLabelCost
+
+    source = _shuffled_classes(gen, [3, 4], dim=5)
+    target = _shuffled_classes(gen, [4, 3], dim=5, shift=0.5)
+    probe = torch.randn(len(source), len(target), generator=gen, dtype=torch.float64)
+
+    def loss(x):
+        _, matrix = GaussianLabelCost().dense_ground_cost(source.with_features(x), target)
+        return (matrix * probe).sum()
+
+    assert torch.autograd.gradcheck(loss, (source.x.clone().requires_grad_(),))
+
+
+def test_otdd_with_and_without_the_shared_gram_agree(gen, monkeypatch):
+    """Default otdd() (debiased, dense): the shared-Gram path gives the value and the gradient of the separate
+    label and ground costs, in float64."""
+    from datasetflow.labels.costs import GaussianLabelCost
+
+    source = _shuffled_classes(gen, [10, 12, 11], dim=16)
+    target = _shuffled_classes(gen, [12, 10, 11], dim=16, shift=0.7)
+    calls = []
+    shared = GaussianLabelCost.dense_ground_cost
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return shared(self, *args, **kwargs)
+
+    def run():
+        x = source.x.clone().requires_grad_()
+        result = otdd(source.with_features(x), target)
+        result.distance_squared.backward()
+        return result.distance_squared.detach(), x.grad
+
+    monkeypatch.setattr(GaussianLabelCost, "dense_ground_cost", spy)
+    value, grad = run()
+    assert len(calls) == 3  # the cross cost and both self-costs
+    monkeypatch.setattr(GaussianLabelCost, "dense_ground_cost", lambda *args, **kwargs: None)
+    reference, reference_grad = run()
+    torch.testing.assert_close(value, reference, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_shared_gram_is_declined_where_its_layout_does_not_hold(gen):
+    """None (the separate path) for a class larger than d, a single-sample class, a ridge, diagonal covariances
+    and classes so unequal that the padded Gram would be much larger than the cost."""
+    from datasetflow.labels.costs import GaussianLabelCost
+
+    def declined(sizes, dim=6, **options):
+        data = _shuffled_classes(gen, sizes, dim)
+        other = _shuffled_classes(gen, [4, 4], dim)
+        return GaussianLabelCost(**options).dense_ground_cost(data, other) is None
+
+    assert not declined([4, 5])
+    assert declined([4, 7])  # 7 > d = 6 samples: a covariance-factored class
+    assert declined([1, 5])
+    assert declined([4, 5], ridge=0.1)
+    assert declined([4, 5], diagonal=True)
+    assert declined([2, 2, 2, 6])  # 4 classes padded to 6 rows: 24 > 1.5 x 12

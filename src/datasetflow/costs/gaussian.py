@@ -23,7 +23,7 @@ from ..data.moments import covariance_factor
 from ..errors import InvalidArgumentError
 from .linalg import nuclear_norm, safe_sqrt
 
-__all__ = ["bures_wasserstein_squared", "covariance_factors", "sqeuclidean"]
+__all__ = ["bures_wasserstein_squared", "class_gram", "covariance_factors", "sqeuclidean"]
 
 
 def sqeuclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,12 +170,54 @@ def _pair_products(factors1, factors2, pairs: list[tuple[int, int]], r1: int, r2
     return stacked[torch.tensor(index, device=stacked.device)]
 
 
-def _trace_terms(factors1, factors2, rows, cols, symmetric: bool) -> torch.Tensor:
+class _SymmetricGram(torch.autograd.Function):
+    """``F F^T`` of ``(k, d)`` rows with a one-GEMM backward ``(G + G^T) F`` (autograd's would be two GEMMs)."""
+
+    @staticmethod
+    def forward(ctx, rows):  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        return rows @ rows.mT
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        return (grad + grad.mT) @ rows
+
+
+def class_gram(factors1: torch.Tensor, factors2: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Every class-pair product at once: the Gram matrix of the stacked factor rows, ``(C1 r1, C2 r2)``.
+
+    With ``factors1`` ``(C1, r1, d)`` and ``factors2`` ``(C2, r2, d)``, entry ``(i r1 + p, j r2 + q)`` is
+    :math:`(F_i F_j^\top)_{pq}`, so the ``(r1, r2)`` block ``(i, j)`` is the product :math:`K_{ij}` whose nuclear
+    norm is the Bures trace term (:func:`bures_wasserstein_squared` takes it as ``gram``). One GEMM; with
+    ``factors2=None`` (the classes against themselves) its backward is one GEMM too. For thin sample factors the
+    same matrix holds every centred inner product :math:`(x_k - m_{y_k}) \cdot (x'_l - m'_{y'_l})` up to the row
+    scales, from which the feature part of the OTDD ground cost follows
+    (:func:`~datasetflow.costs.ground.otdd_cost_from_gram`): the two share one GEMM forward and one backward.
+    """
+    first = factors1.reshape(-1, factors1.shape[-1])
+    if factors2 is None:
+        return _SymmetricGram.apply(first)
+    return first @ factors2.reshape(-1, factors2.shape[-1]).mT
+
+
+def _gram_blocks(gram: torch.Tensor, shape: tuple[int, int, int, int], pairs, r1: int, r2: int) -> torch.Tensor:
+    """The blocks ``K_ij[:r1, :r2]`` ``(P, r1, r2)`` of the class pairs ``pairs`` from :func:`class_gram`."""
+    num1, rows1, num2, rows2 = shape
+    blocks = gram.view(shape)
+    if (r1, r2) == (rows1, rows2) and pairs == [(i, j) for i in range(num1) for j in range(num2)]:
+        return blocks.permute(0, 2, 1, 3).reshape(num1 * num2, r1, r2)
+    first = torch.tensor([i for i, _ in pairs], device=gram.device)
+    second = torch.tensor([j for _, j in pairs], device=gram.device)
+    return blocks[first, :r1, second, :r2]
+
+
+def _trace_terms(factors1, factors2, rows, cols, symmetric: bool, gram=None) -> torch.Tensor:
     r""":math:`\|F_i F_j^\top\|_*` for the class pairs ``(rows[p], cols[p])``, ``(P,)``.
 
     Each factor is cut to its used rows, and pairs of equal cut shapes are reduced in one batched nuclear
     norm, so a rank-500 class padded to 784 rows costs a 500-row product, not a 784-row one. The products
-    are formed by :func:`_pair_products`.
+    are formed by :func:`_pair_products`, or taken from ``gram`` (:func:`class_gram`) when given.
     """
     used1 = _used_rows(factors1)
     used2 = used1 if symmetric else _used_rows(factors2)
@@ -188,7 +230,12 @@ def _trace_terms(factors1, factors2, rows, cols, symmetric: bool) -> torch.Tenso
         step = max(1, _PAIR_BATCH_ELEMENTS // max(r1 * r2, min(r1, r2) ** 2, 1))
         for start in range(0, len(members), step):
             chunk = members[start : start + step]
-            products = _pair_products(factors1, factors2, [pairs[p] for p in chunk], r1, r2)
+            chosen = [pairs[p] for p in chunk]
+            if gram is None:
+                products = _pair_products(factors1, factors2, chosen, r1, r2)
+            else:
+                shape = (factors1.shape[0], factors1.shape[1], factors2.shape[0], factors2.shape[1])
+                products = _gram_blocks(gram, shape, chosen, r1, r2)
             out = out.index_put((torch.tensor(chunk, device=rows.device),), nuclear_norm(products))
     return out
 
@@ -203,6 +250,7 @@ def bures_wasserstein_squared(
     variances2: torch.Tensor | None = None,
     diagonal: bool = False,
     symmetric: bool = False,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Squared Bures-Wasserstein distances between all pairs of Gaussians, ``(C1, C2)``.
 
@@ -216,6 +264,8 @@ def bures_wasserstein_squared(
             :math:`W_2^2 = \|m_1 - m_2\|^2 + \|\sqrt{v_1} - \sqrt{v_2}\|^2`.
         symmetric: the two families are the same (``C1 == C2``): only the upper triangle is
             computed and the diagonal is exactly 0.
+        gram: :func:`class_gram` of the two factors (``factors2=None`` when ``symmetric``), already formed for
+            another use; the trace terms are then read from its blocks instead of new products.
 
     Returns:
         ``(C1, C2)`` tensor of squared distances, clipped at 0, differentiable with respect to
@@ -241,7 +291,7 @@ def bures_wasserstein_squared(
     else:
         rows = torch.arange(num1, device=means1.device).repeat_interleave(num2)
         cols = torch.arange(num2, device=means1.device).repeat(num1)
-    cross = _trace_terms(factors1, factors1 if symmetric else factors2, rows, cols, symmetric)
+    cross = _trace_terms(factors1, factors1 if symmetric else factors2, rows, cols, symmetric, gram)
     flat = trace1[rows] + trace2[cols] - 2.0 * cross + mean_term[rows, cols]
     out = torch.zeros(num1, num2, dtype=flat.dtype, device=flat.device).index_put((rows, cols), flat)
     if symmetric:

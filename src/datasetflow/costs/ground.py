@@ -19,7 +19,7 @@ import torch
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .gaussian import pairwise_sqeuclidean
 
-__all__ = ["CostOperator", "DenseCost", "OTDDCost"]
+__all__ = ["CostOperator", "DenseCost", "OTDDCost", "otdd_cost_from_gram"]
 
 
 class CostOperator(ABC):
@@ -106,13 +106,27 @@ class CostOperator(ABC):
 
 
 class DenseCost(CostOperator):
-    """A precomputed ``(n, m)`` cost matrix."""
+    """A precomputed ``(n, m)`` cost matrix, optionally with the self-costs of its two sides (``(n, n)`` and
+    ``(m, m)`` cost operators) for debiased divergences."""
 
-    def __init__(self, matrix: torch.Tensor) -> None:
+    def __init__(self, matrix: torch.Tensor, self_costs: tuple[CostOperator, CostOperator] | None = None) -> None:
         if matrix.ndim != 2:
             raise ShapeMismatchError(f"cost matrix M must have shape (n, m), got {tuple(matrix.shape)}.")
+        if self_costs is not None and (
+            self_costs[0].shape != (matrix.shape[0],) * 2 or self_costs[1].shape != (matrix.shape[1],) * 2
+        ):
+            raise ShapeMismatchError(
+                f"self_costs of a {tuple(matrix.shape)} cost must be {(matrix.shape[0],) * 2} and "
+                f"{(matrix.shape[1],) * 2}, got {self_costs[0].shape} and {self_costs[1].shape}."
+            )
         self.matrix = matrix
         self.shape = (matrix.shape[0], matrix.shape[1])
+        self._self_costs = self_costs
+
+    def self_costs(self) -> tuple[CostOperator, CostOperator]:  # noqa: D102
+        if self._self_costs is None:
+            return super().self_costs()
+        return self._self_costs
 
     @property
     def dtype(self) -> torch.dtype:  # noqa: D102
@@ -322,3 +336,77 @@ class OTDDCost(CostOperator):
             OTDDCost(self.x, self.x, self.labels, self.labels, l11, **options),
             OTDDCost(self.x_target, self.x_target, self.labels_target, self.labels_target, l22, **options),
         )
+
+
+def otdd_cost_from_gram(
+    gram: torch.Tensor,
+    rows: tuple[torch.Tensor, torch.Tensor],
+    scales: tuple[torch.Tensor, torch.Tensor],
+    centred: tuple[torch.Tensor, torch.Tensor],
+    labels: tuple[torch.Tensor, torch.Tensor],
+    means: tuple[torch.Tensor, torch.Tensor],
+    label_matrix: torch.Tensor,
+    *,
+    feature_weight: float = 1.0,
+    label_weight: float = 1.0,
+) -> torch.Tensor:
+    r"""The dense OTDD ground cost ``(n, m)`` of :class:`OTDDCost`, read from the class-pair Gram matrix.
+
+    ``gram`` (:func:`~datasetflow.costs.gaussian.class_gram` of the thin class factors, ``(C1 r1, C2 r2)``) holds
+    :math:`s_k s'_l\, u_k \cdot u'_l` at rows ``rows[0][k]`` and columns ``rows[1][l]``, with
+    :math:`u_k = x_k - m_{y_k}` the class-centred features (``centred``, ``(n, d)`` and ``(m, d)``) and
+    :math:`s` the factor row scales (``scales``, all positive). With means taken relative to a common shift
+    :math:`c` (the source's mean, which leaves every difference unchanged and keeps the terms small),
+    :math:`	ilde m = m - c` and :math:`\Delta_{ab} = 	ilde m_a - 	ilde m'_b`,
+
+    .. math:: \|x_k - x'_l\|^2 = \|u_k\|^2 + \|u'_l\|^2 + \|\Delta_{ab}\|^2 - 2 u_k \cdot u'_l
+              + 2 u_k \cdot \Delta_{ab} - 2 u'_l \cdot \Delta_{ab}, \qquad a = y_k,\ b = y'_l,
+
+    so the cost is the scaled Gram entries plus one ``(n, 2 + C1 + C2) @ (2 + C1 + C2, m)`` GEMM for the rank-one
+    and per-class terms, including :math:`\lambda_y L[a, b]` (``label_matrix``, ``(C1, C2)``). The ``(d)``-wide
+    products happen once, in the Gram that the Bures trace terms share. Differentiable in every input.
+    """
+    inverse1, inverse2 = 1.0 / scales[0], 1.0 / scales[1]
+    num1, num2 = label_matrix.shape
+    lam = float(feature_weight)
+    picked = gram
+    for dim, index in enumerate(rows):  # sorted classes without padding: the Gram already is in point order
+        if index.numel() != picked.shape[dim] or not bool(
+            (index == torch.arange(index.numel(), device=index.device)).all()
+        ):
+            picked = picked.index_select(dim, index)
+    # (the Gram itself is shared with the Bures terms: scale a copy; a gathered one in place)
+    row_factor = (-2.0 * lam * inverse1)[:, None]
+    cost = picked * row_factor if picked is gram else picked.mul_(row_factor)
+    cost = cost.mul_(inverse2[None, :])
+    u1, u2 = centred
+    y1, y2 = labels
+    with torch.no_grad():  # the source's mean
+        shift = torch.bincount(y1, minlength=num1).to(means[0].dtype) @ means[0].detach() / max(u1.shape[0], 1)
+    m1, m2 = means[0] - shift, means[1] - shift
+    delta = m1[:, None, :] - m2[None, :, :]  # (C1, C2, d)
+    delta_sq = (delta * delta).sum(-1)  # (C1, C2)
+    # u_k . m~'_b (n, C2), u_k . m~_a (n,), u'_l . m~_a (m, C1), u'_l . m~'_b (m,); the left GEMM operand's
+    # columns: |u|^2 + 2 u . m~_a, 1, |D_ab|^2 - 2 u . m~'_b (+ the label term), e_a; the right one's: 1,
+    # |u'|^2 + 2 u' . m~'_b, e_b, -2 u' . m~_a
+    u1_m2 = u1 @ m2.mT
+    u1_own = (u1 * m1[y1]).sum(1)
+    u2_m1 = u2 @ m1.mT
+    u2_own = (u2 * m2[y2]).sum(1)
+    onehot1 = torch.nn.functional.one_hot(y1, num1).to(cost.dtype)
+    onehot2 = torch.nn.functional.one_hot(y2, num2).to(cost.dtype)
+    ones1, ones2 = u1.new_ones(u1.shape[0], 1), u2.new_ones(u2.shape[0], 1)
+    left = torch.cat(
+        [
+            (lam * ((u1 * u1).sum(1) + 2.0 * u1_own))[:, None],
+            ones1,
+            lam * (delta_sq[y1] - 2.0 * u1_m2) + label_weight * label_matrix[y1],
+            onehot1,
+        ],
+        1,
+    )
+    right = torch.cat(
+        [ones2, (lam * ((u2 * u2).sum(1) + 2.0 * u2_own))[:, None], onehot2, (-2.0 * lam) * u2_m1],
+        1,
+    )
+    return cost.addmm_(left, right.mT)

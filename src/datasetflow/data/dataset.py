@@ -454,6 +454,19 @@ class LabeledDataset:
         )
 
     # ------------------------------------------------------------------ statistics
+    def thin_factor_layout(self, *, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Where each sample sits in the thin covariance factors of :meth:`class_stats`.
+
+        Returns ``(position, scale)``, both ``(n,)``: sample ``i`` of class ``c = y_i`` is row ``position[i]`` of
+        ``factors[c]``, which holds ``scale[i] * (x_i - m_c)`` with :math:`\text{scale}_i = \sqrt{w_i / N_c}`
+        (``N_c`` the covariance normaliser; 0 for single-sample classes). Only meaningful for classes with
+        ``n_c <= d`` samples (the others are factored from their covariance).
+        """
+        y, w = self.y, self.weights
+        counts = torch.bincount(y, minlength=self.num_classes)
+        normaliser, single = _normaliser(y, w, self.num_classes, unbiased)
+        return _thin_layout(y, w, counts, torch.argsort(y, stable=True), normaliser, single)
+
     def class_stats(self, *, unbiased: bool = True, diagonal: bool = False) -> ClassStats:
         r"""Per-class means and covariances, in one streaming float64 pass over the samples.
 
@@ -498,12 +511,7 @@ class LabeledDataset:
         num_classes, dim = self.num_classes, self.dim
         counts = torch.bincount(y, minlength=num_classes)
         class_mass = torch.zeros(num_classes, dtype=w.dtype, device=w.device).index_add(0, y, w)
-        if unbiased:
-            sq_mass = torch.zeros_like(class_mass).index_add(0, y, w * w)
-            normaliser = class_mass - sq_mass / class_mass
-        else:
-            normaliser = class_mass.clone()
-        single = normaliser <= class_mass * 1e-12
+        normaliser, single = _normaliser(y, w, num_classes, unbiased)
         if bool(single.any()):
             names = [self.classes[k] for k in torch.nonzero(single).flatten().tolist()]
             warnings.warn(
@@ -512,7 +520,6 @@ class LabeledDataset:
                 DegenerateClassWarning,
                 stacklevel=2,
             )
-            normaliser = torch.where(single, torch.ones_like(normaliser), normaliser)
 
         if diagonal:
             means = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device).index_add(
@@ -535,12 +542,7 @@ class LabeledDataset:
         rows = max(thin_rows, dense_factors.shape[1] if dense_factors is not None else 0, 1)
         factors = x.new_zeros(num_classes, rows, dim)
         if thin_rows:
-            # position of each sample inside its class, for scattering into the padded (C, r, d) tensor
-            starts = torch.cumsum(counts, 0) - counts
-            position = torch.empty_like(y)
-            position[order] = torch.arange(len(y), device=y.device) - starts[y[order]]
-            scale = torch.sqrt(w / normaliser[y])
-            scale = torch.where(single[y], torch.zeros_like(scale), scale)
+            position, scale = _thin_layout(y, w, counts, order, normaliser, single)
             index = torch.nonzero(thin).flatten()
             values = scale[index, None] * (x[index] - means[y[index]])
             factors = factors.index_put((y[index], position[index]), values)
@@ -548,6 +550,29 @@ class LabeledDataset:
             padded = torch.nn.functional.pad(dense_factors, (0, 0, 0, rows - dense_factors.shape[1]))
             factors = factors.index_copy(0, torch.tensor(dense, device=x.device), padded)
         return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, factors=factors)
+
+
+def _normaliser(
+    y: torch.Tensor, w: torch.Tensor, num_classes: int, unbiased: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class covariance normalisers ``(C,)`` (1 where undefined) and the single-sample mask ``(C,)``."""
+    class_mass = torch.zeros(num_classes, dtype=w.dtype, device=w.device).index_add(0, y, w)
+    if unbiased:
+        sq_mass = torch.zeros_like(class_mass).index_add(0, y, w * w)
+        normaliser = class_mass - sq_mass / class_mass
+    else:
+        normaliser = class_mass.clone()
+    single = normaliser <= class_mass * 1e-12
+    return torch.where(single, torch.ones_like(normaliser), normaliser), single
+
+
+def _thin_layout(y, w, counts, order, normaliser, single) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row of each sample inside its class's padded ``(r, d)`` factor, and its scale ``sqrt(w_i / N_c)``."""
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(y)
+    position[order] = torch.arange(len(y), device=y.device) - starts[y[order]]
+    scale = torch.sqrt(w / normaliser[y])
+    return position, torch.where(single[y], torch.zeros_like(scale), scale)
 
 
 def check_dataset_pair(names: tuple[str, str], first: Any, second: Any, *, same_dim: bool = True) -> None:

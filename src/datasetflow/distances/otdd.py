@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..costs.ground import OTDDCost
+from ..costs.ground import DenseCost, OTDDCost
 from ..costs.linalg import safe_sqrt
 from ..data.dataset import ClassStats, LabeledDataset, json_name
 from ..data.sharding import gather_dataset, sharded_class_stats
@@ -264,18 +264,33 @@ def otdd(
         )
 
     same = source is target and source_stats is target_stats
-    label_matrix = self_matrices = None
+    label_matrix = self_matrices = shared = None
+    weights_of_cost = {"feature_weight": feature_weight, "label_weight": label_weight}
     if label_weight > 0:
         first = label_cost.summarize(source, stats=source_stats)
+        fresh_second = None
         if same:
             second = first
         elif target_stats is not None or target_summary is None:
-            second = label_cost.summarize(target, stats=target_stats)
+            second = fresh_second = label_cost.summarize(target, stats=target_stats)
         else:
             second = target_summary
-        # one symmetric computation with an exactly zero diagonal when both sides are the same
-        label_matrix = label_cost.pairwise(first) if same else label_cost.pairwise(first, second)
-        if outer == "sinkhorn" and debiased:
+        if (
+            outer == "sinkhorn"
+            and not same
+            and source_stats is None
+            and target_stats is None
+            and choose_backend(backend, (len(source), len(target)), source.x.dtype) == "dense"
+        ):
+            shared = _shared_dense_costs(
+                label_cost, source, target, first, fresh_second, debiased, target_self, weights_of_cost
+            )
+        if shared is not None:
+            label_matrix, self_matrices = shared[0], shared[1]
+        else:
+            # one symmetric computation with an exactly zero diagonal when both sides are the same
+            label_matrix = label_cost.pairwise(first) if same else label_cost.pairwise(first, second)
+        if shared is None and outer == "sinkhorn" and debiased:
             if target_self is not None:
                 target_labels = target_self[0]
             elif same:
@@ -284,14 +299,7 @@ def otdd(
                 target_labels = label_cost.pairwise(second)
             self_matrices = (label_matrix if same else label_cost.pairwise(first), target_labels)
     cost = OTDDCost(
-        source.x,
-        target.x,
-        source.y,
-        target.y,
-        label_matrix,
-        feature_weight=feature_weight,
-        label_weight=label_weight,
-        self_label_matrices=self_matrices,
+        source.x, target.x, source.y, target.y, label_matrix, self_label_matrices=self_matrices, **weights_of_cost
     )
     a, b = source.weights, target.weights
     if target_self is not None and (outer != "sinkhorn" or not debiased or reg is None):
@@ -299,6 +307,8 @@ def otdd(
     eps = reg if outer == "minibatch" else None
     if outer == "sinkhorn":
         eps = reg if reg is not None else relative_reg(None, cost.weighted_mean(a, b), relative_reg_fraction)
+    if shared is not None:  # the same cost, its matrices already formed from the shared class-pair Gram
+        cost = shared[2]
     options: dict[str, Any] = {}
     if outer == "lowrank":
         options = {"rank": rank, "seed": seed}
@@ -347,6 +357,29 @@ def otdd(
         None,
         options,
     )
+
+
+def _shared_dense_costs(label_cost, source, target, first, second, debiased, target_self, weights):
+    """``(label_matrix, self_matrices, DenseCost)`` of the default dense Sinkhorn path when ``label_cost`` forms
+    the label matrices and the dense ground costs together (:meth:`LabelCost.dense_ground_cost`), else None.
+
+    With ``debiased`` the cost carries the two self-costs (the target's an :class:`OTDDCost` on the known label
+    matrix when ``target_self`` gives its value: never evaluated)."""
+    cross = label_cost.dense_ground_cost(source, target, first, second, **weights)
+    if cross is None:
+        return None
+    label_matrix, matrix = cross
+    if not debiased:
+        return label_matrix, None, DenseCost(matrix)
+    source_labels, source_matrix = label_cost.dense_ground_cost(source, source, first, first, **weights)
+    if target_self is not None:
+        target_labels = target_self[0]
+        target_cost = OTDDCost(target.x, target.x, target.y, target.y, target_labels, **weights)
+    else:
+        target_labels, target_matrix = label_cost.dense_ground_cost(target, target, second, second, **weights)
+        target_cost = DenseCost(target_matrix)
+    costs = (DenseCost(source_matrix), target_cost)
+    return label_matrix, (source_labels, target_labels), DenseCost(matrix, self_costs=costs)
 
 
 def _result(

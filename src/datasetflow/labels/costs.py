@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from ..costs.gaussian import bures_wasserstein_squared, covariance_factors, sqeuclidean
-from ..costs.ground import OTDDCost
+from ..costs.gaussian import bures_wasserstein_squared, class_gram, covariance_factors, sqeuclidean
+from ..costs.ground import OTDDCost, otdd_cost_from_gram
 from ..data.dataset import ClassStats, LabeledDataset
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..solvers.api import DEFAULT_RELATIVE_REG, relative_reg, solve
@@ -129,6 +129,26 @@ class LabelCost(ABC):
             target = target.to(device=_device_of(first), dtype=_dtype_of(first))
         return self._compare(first, self.summarize(target, stats=target_stats))
 
+    def dense_ground_cost(
+        self,
+        source: LabeledDataset,
+        target: LabeledDataset,
+        source_summary: Any = None,
+        target_summary: Any = None,
+        *,
+        feature_weight: float = 1.0,
+        label_weight: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        r"""The label matrix ``(C1, C2)`` and the dense OTDD ground cost ``(n, m)``
+        (:math:`\lambda_x \|x - x'\|^2 + \lambda_y L[y, y']`, as :meth:`OTDDCost.dense`) computed together, or None.
+
+        A label cost returns them when it can share work between the two (the Gaussian cost on classes of at most
+        ``d`` samples shares one Gram matrix); None (the default) means: use :meth:`pairwise` and an
+        :class:`~datasetflow.costs.ground.OTDDCost`. ``target is source`` asks for the source's self-cost. The
+        summaries, when given, must be ``summarize(source)`` and ``summarize(target)`` (computed here otherwise).
+        """
+        return None
+
     def config(self) -> dict[str, Any]:
         """The settings of this cost (JSON-friendly)."""
         return {"name": self.name}
@@ -216,6 +236,48 @@ class GaussianLabelCost(LabelCost):
         factors1 = _stat_factors(stats1, self.ridge)
         factors2 = factors1 if symmetric else _stat_factors(stats2, self.ridge)
         return bures_wasserstein_squared(stats1.means, factors1, stats2.means, factors2, symmetric=symmetric)
+
+    def dense_ground_cost(  # noqa: D102
+        self, source, target, source_summary=None, target_summary=None, *, feature_weight=1.0, label_weight=1.0
+    ):
+        # thin factors (every class 2 <= n_c <= d, positive weights) on both sides, padded to at most 1.5 n rows
+        # (so the cross and self Grams alike are at most 2.25 times their costs): then the Gram's blocks are the
+        # Bures products and its entries the centred inner products of the feature cost (one GEMM forward and
+        # one backward for both, instead of two each)
+        same = target is source
+        if self.diagonal or self.ridge or source.dim != target.dim:
+            return None
+        layouts = []
+        for data in (source,) if same else (source, target):
+            counts = torch.bincount(data.y, minlength=data.num_classes)
+            if bool((counts > data.dim).any() | (counts < 2).any()) or data.weights.requires_grad:
+                return None
+            position, scale = data.thin_factor_layout(unbiased=self.unbiased)
+            padded_rows = data.num_classes * int(counts.max())
+            if not bool((scale > 0).all()) or 2 * padded_rows > 3 * len(data):
+                return None
+            layouts.append((data.y * int(counts.max()) + position, scale))
+        first_layout = layouts[0]
+        second_layout = first_layout if same else layouts[1]
+        stats1 = source_summary if source_summary is not None else self.summarize(source)
+        stats2 = stats1 if same else (target_summary if target_summary is not None else self.summarize(target))
+        gram = class_gram(stats1.factors, None if same else stats2.factors)
+        label_matrix = bures_wasserstein_squared(
+            stats1.means, stats1.factors, stats2.means, stats2.factors, symmetric=same, gram=gram
+        )
+        centred = [data.x - stats.means[data.y] for data, stats in ((source, stats1), (target, stats2))]
+        cost = otdd_cost_from_gram(
+            gram,
+            (first_layout[0], second_layout[0]),
+            (first_layout[1].to(source.x.dtype), second_layout[1].to(source.x.dtype)),
+            (centred[0], centred[0] if same else centred[1]),
+            (source.y, target.y),
+            (stats1.means, stats2.means),
+            label_matrix,
+            feature_weight=feature_weight,
+            label_weight=label_weight,
+        )
+        return label_matrix, cost
 
 
 def _stat_factors(stats: ClassStats, ridge: float) -> torch.Tensor:
