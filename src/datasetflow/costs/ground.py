@@ -357,7 +357,7 @@ def otdd_cost_from_gram(
     :math:`u_k = x_k - m_{y_k}` the class-centred features (``centred``, ``(n, d)`` and ``(m, d)``) and
     :math:`s` the factor row scales (``scales``, all positive). With means taken relative to a common shift
     :math:`c` (the source's mean, which leaves every difference unchanged and keeps the terms small),
-    :math:`	ilde m = m - c` and :math:`\Delta_{ab} = 	ilde m_a - 	ilde m'_b`,
+    :math:`\tilde m = m - c` and :math:`\Delta_{ab} = \tilde m_a - \tilde m'_b`,
 
     .. math:: \|x_k - x'_l\|^2 = \|u_k\|^2 + \|u'_l\|^2 + \|\Delta_{ab}\|^2 - 2 u_k \cdot u'_l
               + 2 u_k \cdot \Delta_{ab} - 2 u'_l \cdot \Delta_{ab}, \qquad a = y_k,\ b = y'_l,
