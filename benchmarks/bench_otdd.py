@@ -462,10 +462,10 @@ the stricter floor computes the same matrix with one GEMM (`|x|^2 + |y|^2 - 2 x 
 does. "OTDD^2" is `distance_squared`; the Sinkhorn regularisation is the default, {reg:.4g} (5 % of
 the mean ground cost), with tolerance 1e-5 on the L1 marginal error. Target of issue 14 item 5: the
 defaults (value + gradient) at most 6x the floor. The Gaussian label cost and the ground cost share one
-GEMM per cost matrix: the stacked class factors' Gram `F1 F2^T` holds the class-pair products as its blocks
-and the class-centred inner products of the feature cost as its entries (`LabelCost.dense_ground_cost`,
-docs/otdd.md), so the cross cost and the two self-costs take three 2000 x 2000 x 784 GEMMs forward and two
-backward, with everything else in thin GEMMs. The 190
+GEMM per cost matrix: the Gram of the stacked class-centred samples holds the inner products of the feature
+cost as its entries and, times one scale per class pair, the class-pair products as its blocks
+(`LabelCost.dense_ground_cost`, docs/otdd.md), so the cross cost and the two self-costs take three
+2000 x 2000 x 784 GEMMs forward and two backward, with everything else in thin GEMMs. The 190
 float64 Gram eigenproblems (with eigenvectors where a gradient is needed, 145 of them) are split over the
 intra-op threads, each chunk one single-threaded LAPACK call that also forms the Gram and the polar factor
 (in the features' dtype). At this `reg` the cost's spread is about 12 `reg`, so every Sinkhorn problem sweeps in

@@ -140,8 +140,9 @@ def test_float32_polar_factor_matches_float64(gen):
     torch.testing.assert_close(nuclear_norm(products[0]), value64[0])
 
 
-def _shuffled_classes(gen, sizes, dim, dtype=torch.float64, shift=0.0):
-    """Classes of the given sizes in a random point order, with random positive weights."""
+def _shuffled_classes(gen, sizes, dim, dtype=torch.float64, shift=0.0, uniform_within=True):
+    """Classes of the given sizes in a random point order, with random positive weights: one per class (the
+    class masses differ), or one per point with ``uniform_within=False``."""
     from datasetflow import LabeledDataset
 
     labels = torch.cat([torch.full((size,), k) for k, size in enumerate(sizes)])
@@ -149,13 +150,15 @@ def _shuffled_classes(gen, sizes, dim, dtype=torch.float64, shift=0.0):
     means = 2.0 * torch.randn(len(sizes), dim, generator=gen, dtype=dtype)
     x = means[labels] + torch.randn(len(labels), dim, generator=gen, dtype=dtype) + shift
     weights = torch.rand(len(labels), generator=gen, dtype=dtype) + 0.5
+    if uniform_within:
+        weights = weights[labels]
     return LabeledDataset(x[order], labels[order].tolist(), weights=(weights / weights.sum())[order])
 
 
 @pytest.mark.parametrize("self_cost", [False, True])
 def test_shared_gram_ground_cost_equals_pairwise_and_otdd_cost(gen, self_cost):
     """The Gaussian label cost's shared-Gram path gives the label matrix of ``pairwise`` and the cost matrix of
-    ``OTDDCost.dense()`` (unequal classes in a shuffled order, unequal weights, both cost weights)."""
+    ``OTDDCost.dense()`` (unequal classes in a shuffled order, unequal class masses, both cost weights)."""
     from datasetflow.labels.costs import GaussianLabelCost
 
     source = _shuffled_classes(gen, [7, 9, 8], dim=12, shift=30.0)
@@ -214,12 +217,13 @@ def test_otdd_with_and_without_the_shared_gram_agree(gen, monkeypatch):
 
 
 def test_shared_gram_is_declined_where_its_layout_does_not_hold(gen):
-    """None (the separate path) for a class larger than d, a single-sample class, a ridge, diagonal covariances
-    and classes so unequal that the padded Gram would be much larger than the cost."""
+    """None (the separate path) for a class larger than d, a single-sample class, a ridge, diagonal covariances,
+    classes so unequal that the padded Gram would be much larger than the cost, and unequal weights within a
+    class."""
     from datasetflow.labels.costs import GaussianLabelCost
 
-    def declined(sizes, dim=6, **options):
-        data = _shuffled_classes(gen, sizes, dim)
+    def declined(sizes, dim=6, uniform_within=True, **options):
+        data = _shuffled_classes(gen, sizes, dim, uniform_within=uniform_within)
         other = _shuffled_classes(gen, [4, 4], dim)
         return GaussianLabelCost(**options).dense_ground_cost(data, other) is None
 
@@ -229,3 +233,4 @@ def test_shared_gram_is_declined_where_its_layout_does_not_hold(gen):
     assert declined([4, 5], ridge=0.1)
     assert declined([4, 5], diagonal=True)
     assert declined([2, 2, 2, 6])  # 4 classes padded to 6 rows: 24 > 1.5 x 12
+    assert declined([4, 5], uniform_within=False)  # per-point weights: no single scale per class pair

@@ -251,6 +251,7 @@ def bures_wasserstein_squared(
     diagonal: bool = False,
     symmetric: bool = False,
     gram: torch.Tensor | None = None,
+    gram_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""Squared Bures-Wasserstein distances between all pairs of Gaussians, ``(C1, C2)``.
 
@@ -266,6 +267,9 @@ def bures_wasserstein_squared(
             computed and the diagonal is exactly 0.
         gram: :func:`class_gram` of the two factors (``factors2=None`` when ``symmetric``), already formed for
             another use; the trace terms are then read from its blocks instead of new products.
+        gram_scales: ``(C1,)`` and ``(C2,)`` positive scales when ``gram`` is that of rows ``F_i / s_i`` (each
+            class's factor divided by one number): the trace term of pair ``(i, j)`` is then
+            :math:`s_i s_j \|(F_i / s_i)(F_j / s_j)^\top\|_*`.
 
     Returns:
         ``(C1, C2)`` tensor of squared distances, clipped at 0, differentiable with respect to
@@ -292,6 +296,8 @@ def bures_wasserstein_squared(
         rows = torch.arange(num1, device=means1.device).repeat_interleave(num2)
         cols = torch.arange(num2, device=means1.device).repeat(num1)
     cross = _trace_terms(factors1, factors1 if symmetric else factors2, rows, cols, symmetric, gram)
+    if gram is not None and gram_scales is not None:
+        cross = cross * (gram_scales[0][rows] * gram_scales[1][cols])
     flat = trace1[rows] + trace2[cols] - 2.0 * cross + mean_term[rows, cols]
     out = torch.zeros(num1, num2, dtype=flat.dtype, device=flat.device).index_put((rows, cols), flat)
     if symmetric:

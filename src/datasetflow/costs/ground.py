@@ -341,7 +341,6 @@ class OTDDCost(CostOperator):
 def otdd_cost_from_gram(
     gram: torch.Tensor,
     rows: tuple[torch.Tensor, torch.Tensor],
-    scales: tuple[torch.Tensor, torch.Tensor],
     centred: tuple[torch.Tensor, torch.Tensor],
     labels: tuple[torch.Tensor, torch.Tensor],
     means: tuple[torch.Tensor, torch.Tensor],
@@ -352,21 +351,21 @@ def otdd_cost_from_gram(
 ) -> torch.Tensor:
     r"""The dense OTDD ground cost ``(n, m)`` of :class:`OTDDCost`, read from the class-pair Gram matrix.
 
-    ``gram`` (:func:`~datasetflow.costs.gaussian.class_gram` of the thin class factors, ``(C1 r1, C2 r2)``) holds
-    :math:`s_k s'_l\, u_k \cdot u'_l` at rows ``rows[0][k]`` and columns ``rows[1][l]``, with
-    :math:`u_k = x_k - m_{y_k}` the class-centred features (``centred``, ``(n, d)`` and ``(m, d)``) and
-    :math:`s` the factor row scales (``scales``, all positive). With means taken relative to a common shift
+    ``gram`` (:func:`~datasetflow.costs.gaussian.class_gram` of the class-centred samples stacked in the padded
+    ``(C, r, d)`` layout of the thin class factors, ``(C1 r1, C2 r2)``) holds :math:`u_k \cdot u'_l` at row
+    ``rows[0][k]`` and column ``rows[1][l]``, with :math:`u_k = x_k - m_{y_k}` the class-centred features
+    (``centred``, ``(n, d)`` and ``(m, d)``). With means taken relative to a common shift
     :math:`c` (the source's mean, which leaves every difference unchanged and keeps the terms small),
     :math:`\tilde m = m - c` and :math:`\Delta_{ab} = \tilde m_a - \tilde m'_b`,
 
     .. math:: \|x_k - x'_l\|^2 = \|u_k\|^2 + \|u'_l\|^2 + \|\Delta_{ab}\|^2 - 2 u_k \cdot u'_l
               + 2 u_k \cdot \Delta_{ab} - 2 u'_l \cdot \Delta_{ab}, \qquad a = y_k,\ b = y'_l,
 
-    so the cost is the scaled Gram entries plus one ``(n, 2 + C1 + C2) @ (2 + C1 + C2, m)`` GEMM for the rank-one
-    and per-class terms, including :math:`\lambda_y L[a, b]` (``label_matrix``, ``(C1, C2)``). The ``(d)``-wide
-    products happen once, in the Gram that the Bures trace terms share. Differentiable in every input.
+    so the cost is :math:`-2\lambda_x` times the Gram entries plus one ``(n, 2 + C1 + C2) @ (2 + C1 + C2, m)``
+    GEMM for the rank-one and per-class terms, including :math:`\lambda_y L[a, b]` (``label_matrix``,
+    ``(C1, C2)``), in one pass over the entries. The ``d``-wide products happen once, in the Gram that the Bures
+    trace terms share. Differentiable in every input.
     """
-    inverse1, inverse2 = 1.0 / scales[0], 1.0 / scales[1]
     num1, num2 = label_matrix.shape
     lam = float(feature_weight)
     picked = gram
@@ -375,10 +374,6 @@ def otdd_cost_from_gram(
             (index == torch.arange(index.numel(), device=index.device)).all()
         ):
             picked = picked.index_select(dim, index)
-    # (the Gram itself is shared with the Bures terms: scale a copy; a gathered one in place)
-    row_factor = (-2.0 * lam * inverse1)[:, None]
-    cost = picked * row_factor if picked is gram else picked.mul_(row_factor)
-    cost = cost.mul_(inverse2[None, :])
     u1, u2 = centred
     y1, y2 = labels
     with torch.no_grad():  # the source's mean
@@ -393,8 +388,8 @@ def otdd_cost_from_gram(
     u1_own = (u1 * m1[y1]).sum(1)
     u2_m1 = u2 @ m1.mT
     u2_own = (u2 * m2[y2]).sum(1)
-    onehot1 = torch.nn.functional.one_hot(y1, num1).to(cost.dtype)
-    onehot2 = torch.nn.functional.one_hot(y2, num2).to(cost.dtype)
+    onehot1 = torch.nn.functional.one_hot(y1, num1).to(u1.dtype)
+    onehot2 = torch.nn.functional.one_hot(y2, num2).to(u2.dtype)
     ones1, ones2 = u1.new_ones(u1.shape[0], 1), u2.new_ones(u2.shape[0], 1)
     left = torch.cat(
         [
@@ -409,4 +404,7 @@ def otdd_cost_from_gram(
         [ones2, (lam * ((u2 * u2).sum(1) + 2.0 * u2_own))[:, None], onehot2, (-2.0 * lam) * u2_m1],
         1,
     )
-    return cost.addmm_(left, right.mT)
+    # one pass over the (n, m) entries; the Gram itself is shared with the Bures terms (a gathered copy is not)
+    if picked is gram:
+        return torch.addmm(gram, left, right.mT, beta=-2.0 * lam)
+    return picked.addmm_(left, right.mT, beta=-2.0 * lam)

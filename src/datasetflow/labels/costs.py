@@ -143,7 +143,7 @@ class LabelCost(ABC):
         (:math:`\lambda_x \|x - x'\|^2 + \lambda_y L[y, y']`, as :meth:`OTDDCost.dense`) computed together, or None.
 
         A label cost returns them when it can share work between the two (the Gaussian cost on classes of at most
-        ``d`` samples shares one Gram matrix); None (the default) means: use :meth:`pairwise` and an
+        ``d`` samples of equal weight shares one Gram matrix); None (the default) means: use :meth:`pairwise` and an
         :class:`~datasetflow.costs.ground.OTDDCost`. ``target is source`` asks for the source's self-cost. The
         summaries, when given, must be ``summarize(source)`` and ``summarize(target)`` (computed here otherwise).
         """
@@ -240,10 +240,11 @@ class GaussianLabelCost(LabelCost):
     def dense_ground_cost(  # noqa: D102
         self, source, target, source_summary=None, target_summary=None, *, feature_weight=1.0, label_weight=1.0
     ):
-        # thin factors (every class 2 <= n_c <= d, positive weights) on both sides, padded to at most 1.5 n rows
-        # (so the cross and self Grams alike are at most 2.25 times their costs): then the Gram's blocks are the
-        # Bures products and its entries the centred inner products of the feature cost (one GEMM forward and
-        # one backward for both, instead of two each)
+        # thin factors (every class 2 <= n_c <= d, equal positive weights within each class) on both sides,
+        # padded to at most 1.5 n rows (so the cross and self Grams alike are at most 2.25 times their costs): then
+        # the Gram of the unscaled centred samples holds the feature cost's inner products as its entries and, up
+        # to one scale per class pair, the Bures products as its blocks (one GEMM forward and one backward for
+        # both, instead of two each)
         same = target is source
         if self.diagonal or self.ridge or source.dim != target.dim:
             return None
@@ -253,23 +254,31 @@ class GaussianLabelCost(LabelCost):
             if bool((counts > data.dim).any() | (counts < 2).any()) or data.weights.requires_grad:
                 return None
             position, scale = data.thin_factor_layout(unbiased=self.unbiased)
+            class_scale = scale.new_zeros(data.num_classes).index_put((data.y,), scale)
             padded_rows = data.num_classes * int(counts.max())
-            if not bool((scale > 0).all()) or 2 * padded_rows > 3 * len(data):
+            if not bool((scale > 0).all() & (scale == class_scale[data.y]).all()) or 2 * padded_rows > 3 * len(data):
                 return None
-            layouts.append((data.y * int(counts.max()) + position, scale))
+            layouts.append((data.y * int(counts.max()) + position, class_scale.to(data.x.dtype)))
         first_layout = layouts[0]
         second_layout = first_layout if same else layouts[1]
         stats1 = source_summary if source_summary is not None else self.summarize(source)
         stats2 = stats1 if same else (target_summary if target_summary is not None else self.summarize(target))
-        gram = class_gram(stats1.factors, None if same else stats2.factors)
+        centred_rows1 = stats1.factors / first_layout[1][:, None, None]
+        centred_rows2 = centred_rows1 if same else stats2.factors / second_layout[1][:, None, None]
+        gram = class_gram(centred_rows1, None if same else centred_rows2)
         label_matrix = bures_wasserstein_squared(
-            stats1.means, stats1.factors, stats2.means, stats2.factors, symmetric=same, gram=gram
+            stats1.means,
+            stats1.factors,
+            stats2.means,
+            stats2.factors,
+            symmetric=same,
+            gram=gram,
+            gram_scales=(first_layout[1], second_layout[1]),
         )
         centred = [data.x - stats.means[data.y] for data, stats in ((source, stats1), (target, stats2))]
         cost = otdd_cost_from_gram(
             gram,
             (first_layout[0], second_layout[0]),
-            (first_layout[1].to(source.x.dtype), second_layout[1].to(source.x.dtype)),
             (centred[0], centred[0] if same else centred[1]),
             (source.y, target.y),
             (stats1.means, stats2.means),
