@@ -190,9 +190,10 @@ def class_gram(factors1: torch.Tensor, factors2: torch.Tensor | None = None) -> 
     With ``factors1`` ``(C1, r1, d)`` and ``factors2`` ``(C2, r2, d)``, entry ``(i r1 + p, j r2 + q)`` is
     :math:`(F_i F_j^\top)_{pq}`, so the ``(r1, r2)`` block ``(i, j)`` is the product :math:`K_{ij}` whose nuclear
     norm is the Bures trace term (:func:`bures_wasserstein_squared` takes it as ``gram``). One GEMM; with
-    ``factors2=None`` (the classes against themselves) its backward is one GEMM too. For thin sample factors the
-    same matrix holds every centred inner product :math:`(x_k - m_{y_k}) \cdot (x'_l - m'_{y'_l})` up to the row
-    scales, from which the feature part of the OTDD ground cost follows
+    ``factors2=None`` (the classes against themselves) its backward is one GEMM too. Given the class-centred
+    samples in the thin factors' padded layout (each class's factor divided by its one scale, ``gram_scales`` of
+    :func:`bures_wasserstein_squared`), the same matrix holds every centred inner product
+    :math:`(x_k - m_{y_k}) \cdot (x'_l - m'_{y'_l})`, from which the feature part of the OTDD ground cost follows
     (:func:`~datasetflow.costs.ground.otdd_cost_from_gram`): the two share one GEMM forward and one backward.
     """
     first = factors1.reshape(-1, factors1.shape[-1])
