@@ -275,11 +275,12 @@ class GaussianLabelCost(LabelCost):
             gram=gram,
             gram_scales=(first_layout[1], second_layout[1]),
         )
-        centred = [data.x - stats.means[data.y] for data, stats in ((source, stats1), (target, stats2))]
+        centred1 = source.x - stats1.means[source.y]
+        centred2 = centred1 if same else target.x - stats2.means[target.y]
         cost = otdd_cost_from_gram(
             gram,
             (first_layout[0], second_layout[0]),
-            (centred[0], centred[0] if same else centred[1]),
+            (centred1, centred2),
             (source.y, target.y),
             (stats1.means, stats2.means),
             label_matrix,
