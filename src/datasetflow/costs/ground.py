@@ -141,6 +141,8 @@ class DenseCost(CostOperator):
 
     def block(self, start: int, stop: int, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:  # noqa: D102
         matrix = self.matrix if params is None else params[0]
+        if start == 0 and stop >= matrix.shape[0]:  # the whole matrix: no slice (its backward zero-fills a copy)
+            return matrix
         return matrix[start:stop]
 
     def weighted_mean(self, a: torch.Tensor, b: torch.Tensor) -> float:  # noqa: D102
@@ -385,9 +387,9 @@ def otdd_cost_from_gram(
     # columns: |u|^2 + 2 u . m~_a, 1, |D_ab|^2 - 2 u . m~'_b (+ the label term), e_a; the right one's: 1,
     # |u'|^2 + 2 u' . m~'_b, e_b, -2 u' . m~_a
     u1_m2 = u1 @ m2.mT
-    u1_own = (u1 * m1[y1]).sum(1)
+    u1_own = (u1 * m1.index_select(0, y1)).sum(1)
     u2_m1 = u2 @ m1.mT
-    u2_own = (u2 * m2[y2]).sum(1)
+    u2_own = (u2 * m2.index_select(0, y2)).sum(1)
     onehot1 = torch.nn.functional.one_hot(y1, num1).to(u1.dtype)
     onehot2 = torch.nn.functional.one_hot(y2, num2).to(u2.dtype)
     ones1, ones2 = u1.new_ones(u1.shape[0], 1), u2.new_ones(u2.shape[0], 1)
@@ -395,7 +397,7 @@ def otdd_cost_from_gram(
         [
             (lam * ((u1 * u1).sum(1) + 2.0 * u1_own))[:, None],
             ones1,
-            lam * (delta_sq[y1] - 2.0 * u1_m2) + label_weight * label_matrix[y1],
+            lam * (delta_sq.index_select(0, y1) - 2.0 * u1_m2) + label_weight * label_matrix.index_select(0, y1),
             onehot1,
         ],
         1,

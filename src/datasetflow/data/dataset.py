@@ -544,7 +544,9 @@ class LabeledDataset:
         if thin_rows:
             position, scale = _thin_layout(y, w, counts, order, normaliser, single)
             index = torch.nonzero(thin).flatten()
-            values = scale[index, None] * (x[index] - means[y[index]])
+            # index_select, not x[index]: its backward is a plain index_add (advanced indexing's accumulating
+            # index_put is several times slower on the CPU)
+            values = scale[index, None] * (x.index_select(0, index) - means.index_select(0, y[index]))
             factors = factors.index_put((y[index], position[index]), values)
         if dense_factors is not None:
             padded = torch.nn.functional.pad(dense_factors, (0, 0, 0, rows - dense_factors.shape[1]))

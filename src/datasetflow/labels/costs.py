@@ -275,8 +275,8 @@ class GaussianLabelCost(LabelCost):
             gram=gram,
             gram_scales=(first_layout[1], second_layout[1]),
         )
-        centred1 = source.x - stats1.means[source.y]
-        centred2 = centred1 if same else target.x - stats2.means[target.y]
+        centred1 = source.x - stats1.means.index_select(0, source.y)
+        centred2 = centred1 if same else target.x - stats2.means.index_select(0, target.y)
         cost = otdd_cost_from_gram(
             gram,
             (first_layout[0], second_layout[0]),
