@@ -525,7 +525,7 @@ class LabeledDataset:
             means = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device).index_add(
                 0, y, w[:, None] * x
             ) / class_mass[:, None].to(x.dtype)
-            centred = x - means[y]
+            centred = x - means.index_select(0, y)
             second = torch.zeros_like(means).index_add(0, y, w[:, None] * centred * centred)
             variances = torch.where(single[:, None], torch.zeros_like(second), second / normaliser[:, None].to(x.dtype))
             return ClassStats(means=means, weights=class_mass, counts=counts, classes=self.classes, variances=variances)
