@@ -60,7 +60,7 @@ from _images import (
     update_results_md,
     write_json,
 )
-from distance_correlation import correlations
+from distance_correlation import correlations, interval
 from kshot import FMNIST_SPLIT_SEED, images, kshot_draw, percent, split_per_class, train
 from scipy import stats
 
@@ -190,10 +190,6 @@ def summarise(pairs: list[dict], seed: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- report
-def interval(entry: dict[str, float]) -> str:
-    return f"{entry['value']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
-
-
 def markdown(payload: dict[str, Any], figure: str | None) -> str:
     """The docs/results.md section."""
     s = payload["settings"]
